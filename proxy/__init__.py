@@ -1,0 +1,3 @@
+"""llm-proxy: a high-throughput, OpenAI-compatible LLM gateway."""
+
+__version__ = "0.1.0"

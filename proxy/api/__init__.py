@@ -1,0 +1,1 @@
+"""Sanic handlers only: HTTP in, pipeline calls, HTTP out."""

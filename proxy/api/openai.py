@@ -1,0 +1,123 @@
+"""The OpenAI-compatible routes, with and without the ``/v1`` prefix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator
+from typing import cast
+
+import msgspec
+from sanic import HTTPResponse, Request, Sanic
+
+from proxy.context import AppContext
+from proxy.errors import ModelNotFoundError, UnsupportedMediaTypeError
+from proxy.pipeline import Reply
+from proxy.providers.base import Operation
+from proxy.wire.openai import Model, ModelList
+
+_encoder = msgspec.json.Encoder()
+_MAX_REQUEST_ID = 128
+
+
+def request_id(request: Request) -> str:
+    """The caller's ``x-request-id`` when it is sane, else a new one; kept on the request."""
+    rid: str | None = getattr(request.ctx, "request_id", None)
+    if rid is None:
+        given = request.headers.get("x-request-id")
+        if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
+            rid = given
+        else:
+            rid = os.urandom(12).hex()
+        request.ctx.request_id = rid
+    return rid
+
+
+def _context(request: Request) -> AppContext:
+    return cast(AppContext, request.app.ctx.proxy)
+
+
+def _check_content_type(request: Request) -> None:
+    ctype = request.headers.get("content-type")
+    if ctype and not ctype.lower().startswith(("application/json", "text/json")):
+        raise UnsupportedMediaTypeError(
+            f"Unsupported content type {ctype.split(';')[0]!r}: send the body as "
+            "'Content-Type: application/json'."
+        )
+
+
+async def _forward(request: Request, op: Operation) -> HTTPResponse | None:
+    rid = request_id(request)
+    _check_content_type(request)
+    result = await _context(request).pipeline.run(op, request.body, request.headers)
+    if isinstance(result, Reply):
+        result.headers["x-request-id"] = rid
+        return HTTPResponse(
+            result.body, status=result.status, headers=result.headers,
+            content_type="application/json",
+        )
+    headers = result.headers
+    headers["x-request-id"] = rid
+    response = await request.respond(headers=headers, content_type="text/event-stream")
+    chunks = cast(AsyncGenerator[bytes, None], result.chunks)
+    try:
+        async for data in chunks:
+            await response.send(data)
+    finally:
+        # Closes the upstream request too when the client went away mid-stream.
+        await chunks.aclose()
+    await response.eof()
+    return None
+
+
+async def chat_completions(request: Request) -> HTTPResponse | None:
+    return await _forward(request, Operation.CHAT)
+
+
+async def completions(request: Request) -> HTTPResponse | None:
+    return await _forward(request, Operation.COMPLETION)
+
+
+async def embeddings(request: Request) -> HTTPResponse | None:
+    return await _forward(request, Operation.EMBEDDING)
+
+
+def _model(ctx: AppContext, alias: str) -> Model:
+    dep = ctx.pipeline.deployment_of(alias)
+    owner = dep.provider if dep else "llm-proxy"
+    return Model(id=alias, created=ctx.started_at, owned_by=owner)
+
+
+async def list_models(request: Request) -> HTTPResponse:
+    rid = request_id(request)
+    ctx = _context(request)
+    aliases = ctx.pipeline.allowed_models(request.headers)
+    body = _encoder.encode(ModelList([_model(ctx, a) for a in aliases]))
+    return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
+
+
+async def get_model(request: Request, model_id: str) -> HTTPResponse:
+    rid = request_id(request)
+    ctx = _context(request)
+    if model_id not in ctx.pipeline.allowed_models(request.headers):
+        raise ModelNotFoundError(
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="model",
+        )
+    body = _encoder.encode(_model(ctx, model_id))
+    return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
+
+
+def register(app: Sanic) -> None:
+    for prefix in ("/v1", ""):
+        app.add_route(chat_completions, f"{prefix}/chat/completions", methods=["POST"],
+                      name=f"chat{prefix.replace('/', '_')}")
+        app.add_route(completions, f"{prefix}/completions", methods=["POST"],
+                      name=f"completions{prefix.replace('/', '_')}")
+        app.add_route(embeddings, f"{prefix}/embeddings", methods=["POST"],
+                      name=f"embeddings{prefix.replace('/', '_')}")
+        app.add_route(list_models, f"{prefix}/models", methods=["GET"],
+                      name=f"models{prefix.replace('/', '_')}")
+        app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"],
+                      name=f"model{prefix.replace('/', '_')}")
+
+

@@ -1,0 +1,254 @@
+"""One request's flow: authenticate -> validate -> route -> upstream -> answer -> account.
+
+No Sanic types here: the API layer hands in the body and headers and gets back a ``Reply``
+(non-stream) or a ``StreamReply`` whose chunks it writes as they come. Errors are raised as
+``ProxyError``s before the first byte; once a stream has started, an error becomes a final
+``data: {"error": ...}`` event.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from proxy import tokens
+from proxy.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProxyError,
+)
+from proxy.metrics import Recorder
+from proxy.providers._sse import sse_event
+from proxy.providers.base import Operation, ParsedRequest, StreamTranslator
+from proxy.routing import Deployment, Router
+from proxy.upstream import Transport, UpstreamResponse
+from proxy.wire.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Usage,
+)
+
+log = logging.getLogger("llm_proxy")
+
+ROUTES = {Operation.CHAT: "chat", Operation.COMPLETION: "completions", Operation.EMBEDDING: "embeddings"}
+JSON_HEADERS = {"content-type": "application/json"}
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+CLIENT_CLOSED = 499  # nginx's code for a client that went away; metrics only
+
+RequestView = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+_decoders: dict[Operation, msgspec.json.Decoder[Any]] = {
+    Operation.CHAT: msgspec.json.Decoder(ChatCompletionRequest),
+    Operation.COMPLETION: msgspec.json.Decoder(CompletionRequest),
+    Operation.EMBEDDING: msgspec.json.Decoder(EmbeddingRequest),
+}
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON_HEADERS))
+
+
+@dataclass(slots=True)
+class StreamReply:
+    chunks: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=lambda: dict(SSE_HEADERS))
+
+
+def api_key_from(headers: Mapping[str, str]) -> str | None:
+    """The caller's key: ``Authorization: Bearer``, ``x-api-key`` or ``api-key``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return headers.get("x-api-key") or headers.get("api-key") or None
+
+
+def decode_request(op: Operation, body: bytes) -> RequestView:
+    """Validate the fields the proxy acts on; a 400 names the bad field."""
+    if not body.strip():
+        raise InvalidRequestError("The request body is empty; expected a JSON object.")
+    try:
+        view: RequestView = _decoders[op].decode(body)
+    except msgspec.ValidationError as exc:
+        message, param = _describe_validation_error(str(exc))
+        raise InvalidRequestError(message, param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
+    if isinstance(view, ChatCompletionRequest) and not view.messages:
+        raise InvalidRequestError(
+            "'messages' must contain at least one message.", param="messages"
+        )
+    if not view.model:
+        raise InvalidRequestError("'model' must not be empty.", param="model")
+    return view
+
+
+def _describe_validation_error(text: str) -> tuple[str, str | None]:
+    if text.startswith("Object missing required field `"):
+        name = text.split("`")[1]
+        where, _, path = text.partition(" - at `$")
+        param = (path.rstrip("`").lstrip(".") + "." + name).lstrip(".") if path else name
+        return f"Missing required parameter: '{param}'.", param
+    what, sep, path = text.partition(" - at `$")
+    if not sep:
+        return f"Invalid request: {text}", None
+    param = path.rstrip("`").lstrip(".")
+    return f"Invalid value for '{param}': {what[0].lower()}{what[1:]}.", param
+
+
+class Pipeline:
+    def __init__(
+        self,
+        router: Router,
+        transports: Mapping[str, Transport],
+        recorder: Recorder,
+        master_key: str | None,
+    ) -> None:
+        self._router = router
+        self._transports = transports
+        self._recorder = recorder
+        self._master_key = master_key.encode() if master_key else None
+
+    def authenticate(self, headers: Mapping[str, str]) -> None:
+        if self._master_key is None:
+            return
+        key = api_key_from(headers)
+        if key is None:
+            raise AuthenticationError(
+                "Missing API key: send it as 'Authorization: Bearer <key>' "
+                "(or an 'x-api-key' / 'api-key' header)."
+            )
+        if not hmac.compare_digest(key.encode(), self._master_key):
+            raise AuthenticationError("Incorrect API key provided.")
+
+    def allowed_models(self, headers: Mapping[str, str]) -> list[str]:
+        self.authenticate(headers)
+        return self._router.aliases
+
+    def deployment_of(self, alias: str) -> Deployment | None:
+        return self._router.pick(alias)
+
+    async def run(self, op: Operation, body: bytes, headers: Mapping[str, str]) -> Reply | StreamReply:
+        started = time.perf_counter()
+        route = ROUTES[op]
+        model = "other"
+        self._recorder.started()
+        try:
+            self.authenticate(headers)
+            view = decode_request(op, body)
+            model = self._recorder.model_label(view.model)
+            deployment = self._router.pick(view.model)
+            if deployment is None:
+                raise ModelNotFoundError(
+                    f"The model '{view.model}' does not exist or you do not have access to it.",
+                    param="model",
+                )
+            stream = bool(getattr(view, "stream", False))
+            options = getattr(view, "stream_options", None)
+            req = ParsedRequest(
+                op=op,
+                alias=view.model,
+                body=body,
+                stream=stream,
+                client_wants_usage=bool(options and options.include_usage),
+            )
+            upstream_req = deployment.adapter.build_request(
+                req, deployment.params, deployment.urls[op], deployment.headers
+            )
+            resp = await self._transports[deployment.id].send(upstream_req, stream=stream)
+            if resp.status >= 400:
+                error_body = await resp.read()
+                raise deployment.adapter.parse_error(
+                    resp.status, resp.headers, error_body, deployment.id
+                )
+            if stream:
+                translator = deployment.adapter.stream_translator(req)
+                relay = self._relay(resp, translator, view, deployment, route, model, started)
+                return StreamReply(relay)
+            parsed = deployment.adapter.parse_response(req, await resp.read())
+        except ProxyError as exc:
+            self._recorder.finished(route, model, exc.status, time.perf_counter() - started)
+            raise
+        except BaseException:
+            self._recorder.finished(route, model, 500, time.perf_counter() - started)
+            raise
+        self._account(view, deployment, parsed.usage, None, model)
+        self._recorder.finished(route, model, 200, time.perf_counter() - started)
+        return Reply(200, parsed.body)
+
+    async def _relay(
+        self,
+        resp: UpstreamResponse,
+        translator: StreamTranslator,
+        view: RequestView,
+        deployment: Deployment,
+        route: str,
+        model: str,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        """Forward each upstream chunk as it arrives; account once the stream is over."""
+        status = CLIENT_CLOSED
+        try:
+            async for data in resp.chunks():
+                out = translator.feed(data)
+                if out:
+                    yield out
+            tail = translator.finish()
+            status = 200
+            if tail:
+                yield tail
+        except ProxyError as exc:
+            status = exc.status
+            log.warning("stream from %s failed: %s", deployment.id, exc.message)
+            yield sse_event(exc.to_json())
+        finally:
+            if status == 200:
+                resp.release()
+            else:
+                resp.close()  # the upstream sees the request abandoned
+            self._account(view, deployment, translator.account.usage, translator, model)
+            self._recorder.finished(route, model, status, time.perf_counter() - started)
+
+    def _account(
+        self,
+        view: RequestView,
+        deployment: Deployment,
+        usage: Usage | None,
+        translator: StreamTranslator | None,
+        model: str,
+    ) -> None:
+        """Tokens of one request: the upstream's usage, else counted with tiktoken."""
+        if usage is None:
+            usage = count_usage(view, deployment.params.upstream_model, translator)
+        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
+
+
+def count_usage(view: RequestView, model: str, translator: StreamTranslator | None) -> Usage:
+    if isinstance(view, ChatCompletionRequest):
+        messages = msgspec.to_builtins(view.messages)
+        prompt = tokens.count_chat_prompt_tokens(messages, model, view.tools)
+    elif isinstance(view, CompletionRequest):
+        prompt = tokens.count_prompt_tokens_text(_text_prompt(view.prompt), model)
+    else:
+        prompt = tokens.count_embedding_input_tokens(view.input, model)
+    completion = 0
+    if translator is not None:
+        completion = tokens.count_completion_tokens(translator.completion_text(), model)
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _text_prompt(prompt: Any) -> str | list[str]:
+    if isinstance(prompt, str):
+        return prompt
+    return [p for p in prompt if isinstance(p, str)]

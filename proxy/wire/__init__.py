@@ -1,0 +1,1 @@
+"""Wire formats: msgspec Structs for the providers' JSON shapes. Imports nothing of ours."""

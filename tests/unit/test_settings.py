@@ -1,0 +1,131 @@
+"""Settings: our format, LiteLLM's spellings, environment overrides, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.settings import ConfigError, load_settings
+from tests.conftest import WriteConfig
+
+MOCK = {"model_name": "m", "params": {"model": "mock/m"}}
+
+
+def test_defaults_without_a_file() -> None:
+    """With no file the proxy starts with no models on port 8000."""
+    settings = load_settings(None, {}, lambda _: None)
+    assert settings.model_list == ()
+    assert settings.server.port == 8000
+    assert settings.master_key is None
+
+
+def test_litellm_config_loads_with_warnings(write_config: WriteConfig) -> None:
+    """A LiteLLM config.yaml loads; each ignored setting gets one warning line."""
+    path = write_config(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt-4o",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o",
+                        "api_key": "os.environ/OPENAI_API_KEY",
+                        "rpm": 100,
+                        "drop_params": True,
+                    },
+                    "model_info": {"id": "dep-1"},
+                }
+            ],
+            "general_settings": {"master_key": "sk-master", "database_url": "x"},
+            "litellm_settings": {"drop_params": True},
+            "environment_variables": {"OPENAI_API_KEY": "sk-from-config"},
+        }
+    )
+    warnings: list[str] = []
+    settings = load_settings(str(path), {}, warnings.append)
+    entry = settings.model_list[0]
+    assert entry.params.api_key == "sk-from-config"
+    assert entry.params.rpm == 100
+    assert entry.deployment_id == "dep-1"
+    assert settings.master_key == "sk-master"
+    assert warnings == [
+        "general_settings.database_url is not supported yet and is ignored",
+        "litellm_settings.drop_params is not supported yet and is ignored",
+        "model_list[0].params.drop_params is not supported yet and is ignored",
+    ]
+
+
+def test_environment_overrides_file(write_config: WriteConfig) -> None:
+    """LLM_PROXY_* variables win over the file; the master key comes from the environment."""
+    path = write_config({"model_list": [MOCK], "server": {"port": 9000, "workers": 4}})
+    env = {"LLM_PROXY_PORT": "9100", "LLM_PROXY_WORKERS": "1", "LLM_PROXY_MASTER_KEY": "sk-x"}
+    settings = load_settings(str(path), env, lambda _: None)
+    assert settings.server.port == 9100
+    assert settings.server.workers == 1
+    assert settings.master_key == "sk-x"
+
+
+def test_unset_provider_key_disables_the_deployment(write_config: WriteConfig) -> None:
+    """A deployment whose os.environ/ key is unset is left out with a warning, not fatal."""
+    entry = {"model_name": "gpt", "params": {"model": "openai/gpt", "api_key": "os.environ/NOPE"}}
+    path = write_config({"model_list": [MOCK, entry]})
+    warnings: list[str] = []
+    settings = load_settings(str(path), {}, warnings.append)
+    assert settings.model_names == ("m",)
+    assert "NOPE is not set; this deployment is disabled" in warnings[0]
+
+
+def test_unset_master_key_variable_is_fatal(write_config: WriteConfig) -> None:
+    """A master key that cannot be resolved stops start-up rather than running open."""
+    path = write_config({"master_key": "os.environ/NOPE"})
+    with pytest.raises(ConfigError, match="master_key: environment variable NOPE is not set"):
+        load_settings(str(path), {}, lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"model_list": [MOCK, MOCK, {"model_name": "x", "params": {"model": "gpt-4o"}}]},
+            'model_list[2].params.model: expected "provider/model", got \'gpt-4o\'',
+        ),
+        (
+            {"model_list": [{"model_name": "x", "params": {"model": "bogus/m"}}]},
+            "model_list[0].params.model: unknown provider 'bogus'",
+        ),
+        ({"server": {"port": "abc"}}, "server.port: expected `int`, got `str`"),
+        ({"server": {"port": 70000}}, "server.port: expected 1..65535, got 70000"),
+        ({"server": {"colour": "red"}}, "server: object contains unknown field `colour`"),
+        ({"model_list": [{"model_name": "x"}]}, "model_list[0]: object missing required field"),
+        ({"model_list": {"a": 1}}, "model_list: expected a list"),
+        ({"nonsense": 1}, "nonsense: unknown setting"),
+        (
+            {"model_list": [{"model_name": "a", "params": {"model": "azure/dep"}}]},
+            "model_list[0].params: azure deployments need api_base and api_version",
+        ),
+        (
+            {"model_list": [{"model_name": "a", "params": {"model": "openai/x", "api_base": "ftp://x"}}]},
+            "model_list[0].params.api_base: expected an http:// or https:// URL",
+        ),
+    ],
+)
+def test_bad_config_names_the_field(write_config: WriteConfig, data: dict[str, Any], message: str) -> None:
+    """Every config error message starts with the path of the offending field."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(write_config(data)), {}, lambda _: None)
+    assert message in str(info.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    """A missing file or broken YAML is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(str(tmp_path / "missing.yaml"), {}, lambda _: None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_list: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(str(bad), {}, lambda _: None)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_settings(str(top), {}, lambda _: None)
