@@ -431,6 +431,7 @@ def bench(children: Children, opts: argparse.Namespace) -> int:
         opts.profile = False
 
     upstream, opts.upstream_port = start_upstream(children, opts)
+    upstream_argv = [str(a) for a in upstream.args]
     opts.upstream_pid = upstream.pid
     direct = checks.check_chat(
         HOST, opts.upstream_port, key=opts.api_key, model=MODEL, marker=MARKER, expected=None
@@ -451,12 +452,22 @@ def bench(children: Children, opts: argparse.Namespace) -> int:
             ],
             "options": {k: v for k, v in vars(opts).items() if k not in {"targets", "workdir"}},
             "host": host_info(),
+            "upstream": {"argv": upstream_argv, "port": opts.upstream_port},
             "placement": {"upstream+wrk core": opts.client_core, "proxy core": opts.proxy_core},
         },
         "runs": [],
     }
     out = RESULTS / f"{opts.stamp}.json"
     status = 0
+    # Every proxy target must pass the functional checks before anything is measured.
+    for target in opts.targets[1:]:
+        preflight: Run = {}
+        with running_proxy(children, opts, target, opts.upstream_port, preflight):
+            print(
+                f"{target.name}: functional checks passed "
+                f"(healthy after {preflight['startup_s']:.1f} s)",
+                flush=True,
+            )
     try:
         for rnd in range(opts.rounds):
             for mode in opts.modes:

@@ -16,7 +16,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-proxy", description="OpenAI-compatible LLM gateway")
     parser.add_argument("--version", action="version", version=f"llm-proxy {__version__}")
     sub = parser.add_subparsers(dest="command")
-    for name, text in (("serve", "run the proxy (default)"), ("check-config", "validate the config")):
+    for name, text in (
+        ("serve", "run the proxy (default)"),
+        ("check-config", "validate the config"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="YAML config file (default: $LLM_PROXY_CONFIG)")
         if name == "serve":
@@ -28,8 +31,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Settings:
     env = dict(os.environ)
-    for flag, name in (("host", "LLM_PROXY_HOST"), ("port", "LLM_PROXY_PORT"),
-                       ("workers", "LLM_PROXY_WORKERS")):
+    for flag, name in (
+        ("host", "LLM_PROXY_HOST"),
+        ("port", "LLM_PROXY_PORT"),
+        ("workers", "LLM_PROXY_WORKERS"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             env[name] = str(value)
@@ -48,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-proxy: config error: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     if args.command == "check-config":
-        print(f"config ok: {len(settings.model_list)} deployment(s) for "
-              f"{len(settings.model_names)} model(s)")
+        print(
+            f"config ok: {len(settings.model_list)} deployment(s) for "
+            f"{len(settings.model_names)} model(s)"
+        )
         return 0
     from proxy.server import serve
 

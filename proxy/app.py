@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from sanic import Sanic
 
@@ -26,15 +27,13 @@ log = logging.getLogger("llm_proxy")
 
 def build_context(settings: Settings) -> AppContext:
     router = Router(settings)
-    transports: dict[str, Transport] = {
-        d.id: make_transport(d.params) for d in router.deployments
-    }
+    transports: dict[str, Transport] = {d.id: make_transport(d.params) for d in router.deployments}
     recorder = metrics.Recorder(router.aliases, enabled=settings.server.metrics)
     pipeline = Pipeline(router, transports, recorder, settings.master_key)
     return AppContext(settings, router, transports, pipeline)
 
 
-def create_app(settings: Settings) -> Sanic:
+def create_app(settings: Settings) -> Sanic[Any, Any]:
     app = Sanic("llm_proxy", error_handler=OpenAIErrorHandler(), configure_logging=False)
     s = settings.server
     longest = max((m.params.timeout for m in settings.model_list), default=600.0)
@@ -55,18 +54,18 @@ def create_app(settings: Settings) -> Sanic:
     health.register(app)
 
     @app.before_server_start
-    async def _start(app: Sanic) -> None:
+    async def _start(app: Sanic[Any, Any]) -> None:
         tokens.preload_encodings()  # ~0.4 s per encoding: not on the first request
         app.ctx.proxy = build_context(settings)
 
     @app.before_server_stop
-    async def _drain(app: Sanic) -> None:
+    async def _drain(app: Sanic[Any, Any]) -> None:
         ctx: AppContext | None = getattr(app.ctx, "proxy", None)
         if ctx is not None:
             ctx.draining = True
 
     @app.after_server_stop
-    async def _stop(app: Sanic) -> None:
+    async def _stop(app: Sanic[Any, Any]) -> None:
         ctx: AppContext | None = getattr(app.ctx, "proxy", None)
         if ctx is not None:
             await ctx.aclose()

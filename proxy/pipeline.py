@@ -38,7 +38,11 @@ from proxy.wire.openai import (
 
 log = logging.getLogger("llm_proxy")
 
-ROUTES = {Operation.CHAT: "chat", Operation.COMPLETION: "completions", Operation.EMBEDDING: "embeddings"}
+ROUTES = {
+    Operation.CHAT: "chat",
+    Operation.COMPLETION: "completions",
+    Operation.EMBEDDING: "embeddings",
+}
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 CLIENT_CLOSED = 499  # nginx's code for a client that went away; metrics only
@@ -86,9 +90,7 @@ def decode_request(op: Operation, body: bytes) -> RequestView:
     except msgspec.DecodeError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from exc
     if isinstance(view, ChatCompletionRequest) and not view.messages:
-        raise InvalidRequestError(
-            "'messages' must contain at least one message.", param="messages"
-        )
+        raise InvalidRequestError("'messages' must contain at least one message.", param="messages")
     if not view.model:
         raise InvalidRequestError("'model' must not be empty.", param="model")
     return view
@@ -97,7 +99,7 @@ def decode_request(op: Operation, body: bytes) -> RequestView:
 def _describe_validation_error(text: str) -> tuple[str, str | None]:
     if text.startswith("Object missing required field `"):
         name = text.split("`")[1]
-        where, _, path = text.partition(" - at `$")
+        _, _, path = text.partition(" - at `$")
         param = (path.rstrip("`").lstrip(".") + "." + name).lstrip(".") if path else name
         return f"Missing required parameter: '{param}'.", param
     what, sep, path = text.partition(" - at `$")
@@ -139,7 +141,9 @@ class Pipeline:
     def deployment_of(self, alias: str) -> Deployment | None:
         return self._router.pick(alias)
 
-    async def run(self, op: Operation, body: bytes, headers: Mapping[str, str]) -> Reply | StreamReply:
+    async def run(
+        self, op: Operation, body: bytes, headers: Mapping[str, str]
+    ) -> Reply | StreamReply:
         started = time.perf_counter()
         route = ROUTES[op]
         model = "other"
@@ -174,7 +178,15 @@ class Pipeline:
                 )
             if stream:
                 translator = deployment.adapter.stream_translator(req)
-                relay = self._relay(resp, translator, view, deployment, route, model, started)
+                relay = self._relay(
+                    resp=resp,
+                    translator=translator,
+                    view=view,
+                    deployment=deployment,
+                    route=route,
+                    model=model,
+                    started=started,
+                )
                 return StreamReply(relay)
             parsed = deployment.adapter.parse_response(req, await resp.read())
         except ProxyError as exc:
@@ -189,6 +201,7 @@ class Pipeline:
 
     async def _relay(
         self,
+        *,
         resp: UpstreamResponse,
         translator: StreamTranslator,
         view: RequestView,

@@ -69,7 +69,10 @@ def serve(settings: Settings) -> None:
     )
     log.info(
         "llm-proxy listening on http://%s:%d with %d worker(s), models: %s",
-        s.host, s.port, workers, ", ".join(settings.model_names) or "(none)",
+        s.host,
+        s.port,
+        workers,
+        ", ".join(settings.model_names) or "(none)",
     )
     if workers == 1:
         Sanic.serve_single(primary=app)

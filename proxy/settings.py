@@ -184,9 +184,7 @@ def _take_general_settings(value: Any, data: dict[str, Any], warnings: list[str]
             warnings.append(f"general_settings.{sub} is not supported yet and is ignored")
 
 
-def _normalise_entry(
-    index: int, entry: Any, lookup: Mapping[str, str], warnings: list[str]
-) -> Any:
+def _normalise_entry(index: int, entry: Any, lookup: Mapping[str, str], warnings: list[str]) -> Any:
     where = f"model_list[{index}]"
     if not isinstance(entry, dict):
         return entry  # msgspec names the type error with its path

@@ -29,17 +29,22 @@ import base64
 import gzip
 import hashlib
 import importlib.resources
-import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import orjson
 import tiktoken
+
+# Text, a batch of texts, token ids, or batches of token ids (OpenAI's prompt/input).
+TokenInput = str | Sequence[str | int | Sequence[int]]
 
 __all__ = [
     "IMAGE_TOKENS_HIGH_DETAIL",
     "IMAGE_TOKENS_LOW_DETAIL",
     "EncodingName",
+    "TokenInput",
     "TokenizerDataError",
     "count_chat_prompt_tokens",
     "count_completion_tokens",
@@ -220,16 +225,12 @@ def _count_input(encoding: tiktoken.Encoding, value: object, depth: int = 0) -> 
     return 0
 
 
-def count_prompt_tokens_text(
-    prompt: str | list[str] | list[int] | list[list[int]], model: str
-) -> int:
+def count_prompt_tokens_text(prompt: TokenInput, model: str) -> int:
     """Count a /v1/completions ``prompt``: text, a batch of texts, or token-id arrays."""
     return _count_input(encoding_for_model(model), prompt)
 
 
-def count_embedding_input_tokens(
-    input: str | list[str] | list[int] | list[list[int]], model: str
-) -> int:
+def count_embedding_input_tokens(input: TokenInput, model: str) -> int:
     """Count an /v1/embeddings ``input``; token-id arrays count as their length."""
     return _count_input(encoding_for_model(model), input)
 
@@ -251,10 +252,8 @@ IMAGE_TOKENS_HIGH_DETAIL: Final = 85 + 170 * 4
 
 def _json_tokens(encoding: tiktoken.Encoding, value: object) -> int:
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, skipkeys=True, default=str
-        )
-    except (TypeError, ValueError, RecursionError):
+        text = orjson.dumps(value, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
         return 0
     return _count(encoding, text)
 
@@ -357,8 +356,8 @@ def _as_text(value: object) -> str:
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
+        return orjson.dumps(value, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
         return ""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from sanic import HTTPResponse, Request, Sanic
 
@@ -28,7 +28,7 @@ async def scrape(request: Request) -> HTTPResponse:
     return HTTPResponse(metrics.render(), content_type=metrics.CONTENT_TYPE)
 
 
-def register(app: Sanic) -> None:
+def register(app: Sanic[Any, Any]) -> None:
     for path in ("/health", "/health/liveness", "/health/liveliness"):
         app.add_route(liveness, path, methods=["GET"], name=path.strip("/").replace("/", "_"))
     for path in ("/ready", "/health/readiness"):

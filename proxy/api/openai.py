@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from sanic import HTTPResponse, Request, Sanic
@@ -52,7 +52,9 @@ async def _forward(request: Request, op: Operation) -> HTTPResponse | None:
     if isinstance(result, Reply):
         result.headers["x-request-id"] = rid
         return HTTPResponse(
-            result.body, status=result.status, headers=result.headers,
+            result.body,
+            status=result.status,
+            headers=result.headers,
             content_type="application/json",
         )
     headers = result.headers
@@ -107,17 +109,35 @@ async def get_model(request: Request, model_id: str) -> HTTPResponse:
     return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
 
 
-def register(app: Sanic) -> None:
+def register(app: Sanic[Any, Any]) -> None:
     for prefix in ("/v1", ""):
-        app.add_route(chat_completions, f"{prefix}/chat/completions", methods=["POST"],
-                      name=f"chat{prefix.replace('/', '_')}")
-        app.add_route(completions, f"{prefix}/completions", methods=["POST"],
-                      name=f"completions{prefix.replace('/', '_')}")
-        app.add_route(embeddings, f"{prefix}/embeddings", methods=["POST"],
-                      name=f"embeddings{prefix.replace('/', '_')}")
-        app.add_route(list_models, f"{prefix}/models", methods=["GET"],
-                      name=f"models{prefix.replace('/', '_')}")
-        app.add_route(get_model, f"{prefix}/models/<model_id:path>", methods=["GET"],
-                      name=f"model{prefix.replace('/', '_')}")
-
-
+        app.add_route(
+            chat_completions,
+            f"{prefix}/chat/completions",
+            methods=["POST"],
+            name=f"chat{prefix.replace('/', '_')}",
+        )
+        app.add_route(
+            completions,
+            f"{prefix}/completions",
+            methods=["POST"],
+            name=f"completions{prefix.replace('/', '_')}",
+        )
+        app.add_route(
+            embeddings,
+            f"{prefix}/embeddings",
+            methods=["POST"],
+            name=f"embeddings{prefix.replace('/', '_')}",
+        )
+        app.add_route(
+            list_models,
+            f"{prefix}/models",
+            methods=["GET"],
+            name=f"models{prefix.replace('/', '_')}",
+        )
+        app.add_route(
+            get_model,
+            f"{prefix}/models/<model_id:path>",
+            methods=["GET"],
+            name=f"model{prefix.replace('/', '_')}",
+        )

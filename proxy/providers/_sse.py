@@ -39,11 +39,7 @@ def split_events(data: bytes) -> tuple[list[bytes], bytes]:
 
 def event_data(event: bytes) -> bytes | None:
     """The joined ``data:`` lines of one event, or None for comments and other fields."""
-    parts = [
-        line[5:].lstrip(b" ")
-        for line in event.splitlines()
-        if line.startswith(b"data:")
-    ]
+    parts = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
     return b"\n".join(parts) if parts else None
 
 

@@ -84,6 +84,8 @@ class ManagedProcess:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
+            # Its own process group, so stop() can also reap workers the child forked.
+            start_new_session=True,
         )
         assert self.popen.stdout is not None
         assert self.popen.stderr is not None
@@ -179,19 +181,31 @@ class ManagedProcess:
         for thread in self._threads:
             thread.join(timeout)
 
+    def _kill_group(self) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
     def stop(self, grace: float = 5.0) -> int:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the exit status."""
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the exit status.
+
+        Idempotent.  Leftover processes of the child's group (forked workers still holding
+        its pipes) are killed too, so the output threads always finish.
+        """
         if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
             try:
-                self.popen.send_signal(signal.SIGTERM)
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                self._kill_group()
                 self.popen.wait()
-        self._join_threads(2.0)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
+        self._join_threads(0.5)
+        if any(thread.is_alive() for thread in self._threads):
+            self._kill_group()
+            self._join_threads(2.0)
+        if not any(thread.is_alive() for thread in self._threads):
+            for stream in (self.popen.stdout, self.popen.stderr):
+                if stream is not None:
+                    stream.close()
         return self.popen.returncode
 
 

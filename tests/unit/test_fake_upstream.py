@@ -8,6 +8,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -396,3 +397,31 @@ def test_wait_for_line_reports_a_dead_child() -> None:
             wait_for_line(proc, "LISTENING ", timeout=10)
     finally:
         stop_process(proc)
+
+
+def test_stop_process_reaps_forked_children() -> None:
+    """stop_process also kills a forked worker that still holds the child's pipes."""
+    script = (
+        "import subprocess, sys, time\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('WORKER', worker.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = start_process([sys.executable, "-c", script])
+    try:
+        worker_pid = int(wait_for_line(proc, "WORKER ", timeout=10))
+    finally:
+        assert stop_process(proc) == -15
+    deadline = time.monotonic() + 5
+    while not _is_dead(worker_pid):
+        assert time.monotonic() < deadline, f"worker {worker_pid} survived stop_process"
+        time.sleep(0.02)
+
+
+def _is_dead(pid: int) -> bool:
+    """True once ``pid`` is gone or a zombie waiting for its (re)parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")

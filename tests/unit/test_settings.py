@@ -88,7 +88,7 @@ def test_unset_master_key_variable_is_fatal(write_config: WriteConfig) -> None:
     [
         (
             {"model_list": [MOCK, MOCK, {"model_name": "x", "params": {"model": "gpt-4o"}}]},
-            'model_list[2].params.model: expected "provider/model", got \'gpt-4o\'',
+            "model_list[2].params.model: expected \"provider/model\", got 'gpt-4o'",
         ),
         (
             {"model_list": [{"model_name": "x", "params": {"model": "bogus/m"}}]},
@@ -105,12 +105,18 @@ def test_unset_master_key_variable_is_fatal(write_config: WriteConfig) -> None:
             "model_list[0].params: azure deployments need api_base and api_version",
         ),
         (
-            {"model_list": [{"model_name": "a", "params": {"model": "openai/x", "api_base": "ftp://x"}}]},
+            {
+                "model_list": [
+                    {"model_name": "a", "params": {"model": "openai/x", "api_base": "ftp://x"}}
+                ]
+            },
             "model_list[0].params.api_base: expected an http:// or https:// URL",
         ),
     ],
 )
-def test_bad_config_names_the_field(write_config: WriteConfig, data: dict[str, Any], message: str) -> None:
+def test_bad_config_names_the_field(
+    write_config: WriteConfig, data: dict[str, Any], message: str
+) -> None:
     """Every config error message starts with the path of the offending field."""
     with pytest.raises(ConfigError) as info:
         load_settings(str(write_config(data)), {}, lambda _: None)

@@ -227,7 +227,7 @@ def test_encodings_match_tiktokens_own_definition(
     encoding_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Split pattern, special tokens and ranks equal what tiktoken itself would load."""
-    from tiktoken_ext import openai_public  # type: ignore[import-untyped]  # noqa: PLC0415
+    from tiktoken_ext import openai_public  # type: ignore[import-untyped]
 
     # Seed a private tiktoken cache (file named sha1 of the URL) so tiktoken's own
     # loader reads the bundled file instead of downloading it.

@@ -16,7 +16,11 @@ def test_chat_response_shape() -> None:
     """A mock chat answer is a chat.completion with usage."""
     body = orjson.loads(build_response(Operation.CHAT, "m", {"messages": []}, "one two"))
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "one two", "refusal": None}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "one two",
+        "refusal": None,
+    }
     assert body["usage"]["completion_tokens"] == 2
 
 
@@ -26,7 +30,9 @@ def test_stream_spells_the_reply_and_ends_with_done() -> None:
     assert events[-1] == DONE
     deltas = [orjson.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1]]
     assert "".join(deltas) == "a b c d"
-    with_usage = build_stream(Operation.CHAT, "m", {"stream_options": {"include_usage": True}}, "a", 1)
+    with_usage = build_stream(
+        Operation.CHAT, "m", {"stream_options": {"include_usage": True}}, "a", 1
+    )
     last = orjson.loads(with_usage[-2][6:])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 1
 
@@ -34,7 +40,12 @@ def test_stream_spells_the_reply_and_ends_with_done() -> None:
 def test_embeddings_base64_and_dimensions() -> None:
     """Embeddings honour encoding_format base64 and dimensions, one vector per input."""
     body = orjson.loads(
-        build_response(Operation.EMBEDDING, "e", {"input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}, "")
+        build_response(
+            Operation.EMBEDDING,
+            "e",
+            {"input": ["a", "b"], "encoding_format": "base64", "dimensions": 4},
+            "",
+        )
     )
     assert [d["index"] for d in body["data"]] == [0, 1]
     vector = struct.unpack("<4f", base64.b64decode(body["data"][0]["embedding"]))

@@ -41,7 +41,9 @@ def test_model_renamed_and_usage_requested_for_streams() -> None:
     )
     params = DeploymentParams(model="openai/gpt-4o", api_base="http://h:1/v1/")
     adapter = OpenAIAdapter()
-    out = adapter.build_request(_req(stream=True, body=body), params, adapter.url(Operation.CHAT, params), {})
+    out = adapter.build_request(
+        _req(stream=True, body=body), params, adapter.url(Operation.CHAT, params), {}
+    )
     sent = orjson.loads(out.body)
     assert sent["model"] == "gpt-4o"
     assert sent["stream_options"] == {"x": 1, "include_usage": True}
@@ -51,7 +53,10 @@ def test_model_renamed_and_usage_requested_for_streams() -> None:
 def test_azure_url_and_key_header() -> None:
     """Azure puts the deployment and api-version in the URL and the key in api-key."""
     params = DeploymentParams(
-        model="azure/my-dep", api_base="https://x.openai.azure.com/", api_key="k", api_version="2024-10-21"
+        model="azure/my-dep",
+        api_base="https://x.openai.azure.com/",
+        api_key="k",
+        api_version="2024-10-21",
     )
     adapter = AzureAdapter()
     assert adapter.url(Operation.EMBEDDING, params) == (
@@ -70,7 +75,9 @@ def test_garbage_response_is_a_protocol_error() -> None:
 
 def test_usage_read_from_response() -> None:
     """Usage is read from a non-stream answer without touching the rest."""
-    body = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+    body = orjson.dumps(
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    )
     parsed = OpenAIAdapter().parse_response(_req(), body)
     assert parsed.body is body
     assert parsed.usage is not None
@@ -104,7 +111,9 @@ def test_upstream_credentials_failure_is_a_gateway_error() -> None:
     assert "dep-1" in err.message
 
 
-@pytest.mark.parametrize(("status", "mapped"), [(500, 502), (502, 502), (503, 503), (504, 504), (408, 504)])
+@pytest.mark.parametrize(
+    ("status", "mapped"), [(500, 502), (502, 502), (503, 503), (504, 504), (408, 504)]
+)
 def test_server_errors_map_to_gateway_statuses(status: int, mapped: int) -> None:
     """Upstream 5xx become 502/503/504 with the upstream's message kept."""
     err = parse_openai_error(status, {}, b"plain text failure", "d")

@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 from proxy.providers._sse import DONE, OpenAIStreamRelay, event_data, split_events, sse_event
 
 
-def _chunk(content: str | None, usage: dict[str, int] | None = None, *, empty: bool = False) -> bytes:
+def _chunk(
+    content: str | None, usage: dict[str, int] | None = None, *, empty: bool = False
+) -> bytes:
     choices = [] if empty else [{"index": 0, "delta": {"content": content}, "finish_reason": None}]
-    return sse_event(orjson.dumps({"object": "chat.completion.chunk", "choices": choices, "usage": usage}))
+    return sse_event(
+        orjson.dumps({"object": "chat.completion.chunk", "choices": choices, "usage": usage})
+    )
 
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
