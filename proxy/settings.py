@@ -56,6 +56,7 @@ class DeploymentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: int = 256
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     http2: bool = False
+    client: Literal["h1", "aiohttp", "httpx"] = "h1"  # upstream HTTP client (bench/README.md)
     # mock provider only
     mock_response: str | None = None
     mock_latency_ms: float = 0.0

@@ -25,6 +25,7 @@ import orjson
 from yarl import URL
 
 from proxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeoutError
+from proxy.h1 import H1Pool
 from proxy.providers import mock
 from proxy.providers.base import Operation, UpstreamRequest
 from proxy.settings import DeploymentParams
@@ -38,8 +39,11 @@ class Timeouts:
 
 
 class UpstreamResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self) -> bytes: ...
 
@@ -136,6 +140,42 @@ class AiohttpTransport:
 
     async def aclose(self) -> None:
         await self._session.close()
+
+
+class H1Transport:
+    """The default: our lean HTTP/1.1 client (proxy/h1.py), one pool per deployment."""
+
+    def __init__(self, params: DeploymentParams, timeouts: Timeouts) -> None:
+        self._limit = params.max_connections
+        self._timeouts = timeouts
+        self._routes: dict[str, tuple[H1Pool, str]] = {}
+        self._pools: dict[tuple[str, str], H1Pool] = {}
+
+    def _route(self, url: str) -> tuple[H1Pool, str]:
+        scheme, rest = url.split("://", 1)
+        origin, slash, path = rest.partition("/")
+        pool = self._pools.get((scheme, origin))
+        if pool is None:
+            pool = self._pools[(scheme, origin)] = H1Pool(
+                f"{scheme}://{origin}", limit=self._limit, connect_timeout=self._timeouts.connect
+            )
+        route = self._routes[url] = (pool, slash + path)
+        return route
+
+    async def send(self, req: UpstreamRequest, *, stream: bool) -> UpstreamResponse:
+        pool, path = self._routes.get(req.url) or self._route(req.url)
+        t = self._timeouts
+        return await pool.request(
+            path,
+            req.headers,
+            req.body,
+            total_timeout=None if stream else t.total,
+            idle_timeout=t.read if stream else None,
+        )
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
 
 
 class _HttpxResponse:
@@ -269,6 +309,8 @@ def make_transport(params: DeploymentParams) -> Transport:
     timeouts = Timeouts(total=params.timeout, connect=params.connect_timeout, read=params.timeout)
     if params.provider == "mock":
         return MockTransport(params)
-    if params.http2:
+    if params.http2 or params.client == "httpx":
         return HttpxTransport(params, timeouts)
-    return AiohttpTransport(params, timeouts)
+    if params.client == "aiohttp":
+        return AiohttpTransport(params, timeouts)
+    return H1Transport(params, timeouts)
