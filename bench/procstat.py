@@ -79,6 +79,37 @@ def tree_memory(root: int) -> Memory:
     return Memory(rss_mb=rss / 1024, hwm_mb=hwm / 1024)
 
 
+@dataclass(frozen=True, slots=True)
+class CoreTimes:
+    """Cumulative ticks of one core from /proc/stat."""
+
+    busy: int
+    idle: int
+    steal: int
+
+
+def core_times() -> dict[int, CoreTimes]:
+    cores: dict[int, CoreTimes] = {}
+    for line in (PROC / "stat").read_text().splitlines():
+        name, *values = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        v = [int(x) for x in values[:8]]
+        cores[int(name[3:])] = CoreTimes(
+            busy=v[0] + v[1] + v[2] + v[5] + v[6], idle=v[3] + v[4], steal=v[7]
+        )
+    return cores
+
+
+def core_load(before: CoreTimes, after: CoreTimes) -> dict[str, float]:
+    """Share of one core's time that was busy (any process) and stolen by the hypervisor."""
+    busy = after.busy - before.busy
+    steal = after.steal - before.steal
+    total = max(busy + steal + after.idle - before.idle, 1)
+    return {"busy_pct": 100 * busy / total, "steal_pct": 100 * steal / total}
+
+
 def wait_idle(
     roots: list[int], threshold_pct: float = 5.0, window_s: float = 0.5, max_wait_s: float = 10.0
 ) -> float:

@@ -17,8 +17,8 @@ HEADER = (
     "| added p50/p99 ms | CPU µs/req | RSS MB start/peak |"
 )
 CPU_HEADER = (
-    "| mode | target | req/s min-max | proxy core % | upstream % | wrk % "
-    "| upstream µs/req | errors |"
+    "| mode | target | req/s min-max | proxy % | upstream % | wrk % "
+    "| core busy/steal % client, proxy | upstream µs/req | errors |"
 )
 
 
@@ -78,6 +78,11 @@ def summarize(runs: list[Run], modes: list[str], targets: list[str]) -> list[Row
                     "upstream_us_per_req": _med([c["upstream_us_per_req"] for c in cpu]),
                     "upstream_pct": _med([c["upstream_pct"] for c in cpu]),
                     "wrk_pct": _med([c["wrk_pct"] for c in cpu]),
+                    **{
+                        f"{role}_core_{k}": _med([r["throughput"]["cores"][role][k] for r in mine])
+                        for role in ("client", "proxy")
+                        for k in ("busy_pct", "steal_pct")
+                    },
                     "rss_start_mb": _med([m["rss_start_mb"] for m in mem]),
                     "rss_peak_mb": _med([m["peak_mb"] for m in mem]),
                     "errors": sum(
@@ -118,7 +123,7 @@ def markdown(rows: list[Row], conc: int) -> str:
             )
             + " |"
         )
-    lines += ["", CPU_HEADER, "|" + " --- |" * 8]
+    lines += ["", CPU_HEADER, "|" + " --- |" * 9]
     for r in rows:
         lines.append(
             "| "
@@ -130,6 +135,8 @@ def markdown(rows: list[Row], conc: int) -> str:
                     _num(r["proxy_pct"], "{:.0f}"),
                     _num(r["upstream_pct"], "{:.0f}"),
                     _num(r["wrk_pct"], "{:.0f}"),
+                    f"{r['client_core_busy_pct']:.0f}/{r['client_core_steal_pct']:.0f}, "
+                    f"{r['proxy_core_busy_pct']:.0f}/{r['proxy_core_steal_pct']:.0f}",
                     _num(r["upstream_us_per_req"], "{:.1f}"),
                     str(r["errors"]),
                 ]

@@ -258,11 +258,18 @@ def throughput(opts: argparse.Namespace, port: int, mode: str, proxy_pid: int | 
     """Closed-loop wrk run with the CPU of proxy, upstream and wrk over the same window."""
     up0 = procstat.tree_cpu_seconds(opts.upstream_pid)
     px0 = procstat.tree_cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    cores0 = procstat.core_times()
     t0 = time.monotonic()
     result = run_wrk(opts, port, mode, conc=opts.conc, duration=opts.duration)
     wall = time.monotonic() - t0
+    cores1 = procstat.core_times()
     up = procstat.tree_cpu_seconds(opts.upstream_pid) - up0
     px = procstat.tree_cpu_seconds(proxy_pid) - px0 if proxy_pid else None
+    # Whole-core load shows other work on the machine (and hypervisor steal) in the window.
+    result["cores"] = {
+        role: procstat.core_load(cores0[core], cores1[core])
+        for role, core in (("client", opts.client_core), ("proxy", opts.proxy_core))
+    }
     n = max(result["requests"], 1)
     result["cpu"] = {
         "wall_s": wall,

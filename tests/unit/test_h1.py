@@ -166,7 +166,8 @@ async def test_stale_kept_alive_connection_is_retried_once() -> None:
 @pytest.mark.parametrize(
     "response",
     [
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
         % (len(gzip.compress(b"hello world")), gzip.compress(b"hello world")),
         b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world",
@@ -265,7 +266,7 @@ async def test_malformed_response_is_a_protocol_error() -> None:
 async def test_connection_refused() -> None:
     """Nothing listening: a connect error naming the upstream."""
     pool = H1Pool("http://127.0.0.1:9", limit=1, connect_timeout=1)
-    with pytest.raises(UpstreamConnectError, match="127.0.0.1:9"):
+    with pytest.raises(UpstreamConnectError, match=r"127\.0\.0\.1:9"):
         await post(pool)
 
 
