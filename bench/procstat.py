@@ -62,21 +62,24 @@ def tree_cpu_seconds(root: int) -> float:
 class Memory:
     rss_mb: float
     hwm_mb: float
+    # (pid, name, rss MB, hwm MB) per process, to see which process holds what
+    processes: tuple[tuple[int, str, float, float], ...]
 
 
 def tree_memory(root: int) -> Memory:
-    rss = hwm = 0
+    procs: list[tuple[int, str, float, float]] = []
     for pid in descendants(root):
         try:
             text = (PROC / str(pid) / "status").read_text()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        for line in text.splitlines():
-            if line.startswith("VmRSS:"):
-                rss += int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm += int(line.split()[1])
-    return Memory(rss_mb=rss / 1024, hwm_mb=hwm / 1024)
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        kb = {k: int(fields.get(k, "0 kB").split()[0]) for k in ("VmRSS", "VmHWM")}
+        name = fields.get("Name", "?").strip()
+        procs.append((pid, name, kb["VmRSS"] / 1024, kb["VmHWM"] / 1024))
+    return Memory(
+        rss_mb=sum(p[2] for p in procs), hwm_mb=sum(p[3] for p in procs), processes=tuple(procs)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ HEADER = (
 )
 CPU_HEADER = (
     "| mode | target | req/s min-max | proxy % | upstream % | wrk % "
-    "| core busy/steal % client, proxy | upstream µs/req | errors |"
+    "| other % client/proxy core | upstream µs/req | errors |"
 )
 
 
@@ -81,7 +81,7 @@ def summarize(runs: list[Run], modes: list[str], targets: list[str]) -> list[Row
                     **{
                         f"{role}_core_{k}": _med([r["throughput"]["cores"][role][k] for r in mine])
                         for role in ("client", "proxy")
-                        for k in ("busy_pct", "steal_pct")
+                        for k in ("busy_pct", "steal_pct", "other_pct")
                     },
                     "rss_start_mb": _med([m["rss_start_mb"] for m in mem]),
                     "rss_peak_mb": _med([m["peak_mb"] for m in mem]),
@@ -135,8 +135,7 @@ def markdown(rows: list[Row], conc: int) -> str:
                     _num(r["proxy_pct"], "{:.0f}"),
                     _num(r["upstream_pct"], "{:.0f}"),
                     _num(r["wrk_pct"], "{:.0f}"),
-                    f"{r['client_core_busy_pct']:.0f}/{r['client_core_steal_pct']:.0f}, "
-                    f"{r['proxy_core_busy_pct']:.0f}/{r['proxy_core_steal_pct']:.0f}",
+                    f"{r['client_core_other_pct']:.0f}/{r['proxy_core_other_pct']:.0f}",
                     _num(r["upstream_us_per_req"], "{:.1f}"),
                     str(r["errors"]),
                 ]

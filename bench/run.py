@@ -19,216 +19,42 @@ import json
 import os
 import platform
 import resource
-import selectors
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import checks
 import procstat
 import report
-import yaml
+from launch import (
+    HOST,
+    MARKER,
+    MODEL,
+    REPO,
+    RESULTS,
+    BenchError,
+    CheckFailedError,
+    Children,
+    Run,
+    Target,
+    running_proxy,
+    start_upstream,
+)
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-RESULTS = BENCH / "results"
-LUA = BENCH / "chat.lua"
-HOST = "127.0.0.1"
-MODEL = "gpt-4o-mini"
-MARKER = "FASTUPSTREAM"
+LUA = Path(__file__).resolve().parent / "chat.lua"
 CHAT_PATH = "/v1/chat/completions"
 DEFAULT_PROXY_CMD = (
     "{repo}/.venv/bin/llm-proxy serve --config {config} --host {host} --port {port} --workers 1"
 )
 
 
-Run = dict[str, Any]
-
-
-class BenchError(Exception):
-    """Setup or harness failure: exit 1."""
-
-
-class CheckFailedError(Exception):
-    """The proxy answered the functional checks wrongly: exit 2."""
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    name: str
-    extra_config: Path | None = None
-    direct: bool = False
-
-
-class Children:
-    """Every process this run starts, each in its own process group, stopped on exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-        # The group id is the child's pid (start_new_session); it covers its workers too.
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs[:]):
-            self.stop(proc, grace_s=5.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
-    """One line of proc's stdout, or BenchError when none comes in time."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise BenchError(f"no output from {proc.args!r} within {timeout_s:.0f} s")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise BenchError(f"{proc.args!r} exited with status {proc.wait()}")
-            buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
-
-
-def start_upstream(children: Children, opts: argparse.Namespace) -> tuple[Any, int]:
-    argv = ["taskset", "-c", str(opts.client_core), sys.executable]
-    argv += [str(BENCH / "fast_upstream.py"), "--host", HOST, "--port", "0"]
-    argv += ["--chunks", str(opts.chunks), "--latency-ms", str(opts.latency_ms)]
-    argv += ["--chunk-delay-ms", str(opts.chunk_delay_ms)]
-    proc = children.start(argv, stdout=subprocess.PIPE)
-    line = read_line(proc, 15.0)
-    if not line.startswith("LISTENING "):
-        raise BenchError(f"fast_upstream printed {line!r}, want 'LISTENING <port>'")
-    return proc, int(line.split()[1])
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """extra over base: mappings merge key by key, anything else (lists too) replaces."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def proxy_config(upstream_port: int, extra: Path | None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "model_list": [
-            {
-                "model_name": MODEL,
-                "params": {
-                    "model": f"openai/{MODEL}",
-                    "api_base": f"http://{HOST}:{upstream_port}/v1",
-                    "api_key": "sk-bench-upstream",
-                },
-            }
-        ]
-    }
-    if extra is not None:
-        loaded = yaml.safe_load(extra.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise BenchError(f"{extra}: extra config must be a YAML mapping")
-        config = deep_merge(config, loaded)
-    return config
-
-
-def wait_health(proc: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float) -> float:
-    """Poll GET /health until 200; return seconds taken."""
-    start = time.monotonic()
-    url = f"http://{HOST}:{port}/health"
-    while time.monotonic() - start < timeout_s:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise BenchError(f"proxy exited with status {proc.returncode}; log tail:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - start
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-3000:]
-    raise BenchError(f"proxy /health not 200 within {timeout_s:.0f} s; log tail:\n{tail}")
-
-
-@contextmanager
-def running_proxy(
-    children: Children, opts: argparse.Namespace, target: Target, upstream_port: int, run: Run
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    config = opts.workdir / f"{target.name}.yaml"
-    config.write_text(yaml.safe_dump(proxy_config(upstream_port, target.extra_config)))
-    port = free_port()
-    fields = {"repo": REPO, "config": config, "host": HOST, "port": port}
-    argv = [tok.format(**fields) for tok in shlex.split(opts.proxy_cmd)]
-    env = os.environ | {"LLM_PROXY_LOG_LEVEL": "warning"} | dict(opts.proxy_env)
-    log = RESULTS / f"{opts.stamp}-{target.name}.log"
-    with log.open("ab") as log_file:
-        log_file.write(f"\n=== {' '.join(argv)}\n".encode())
-        log_file.flush()
-        proc = children.start(
-            ["taskset", "-c", str(opts.proxy_core), *argv],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
-    try:
-        run["startup_s"] = wait_health(proc, port, log, opts.health_timeout)
-        run.setdefault("memory", {})["rss_start_mb"] = procstat.tree_memory(proc.pid).rss_mb
-        result = checks.check_chat(
-            HOST, port, key=opts.api_key, model=MODEL, marker=MARKER, expected=opts.expected_text
-        )
-        for warning in result.warnings:
-            print(f"  WARNING {target.name}: {warning}", file=sys.stderr)
-        if not result.ok:
-            raise CheckFailedError(f"{target.name}: " + "; ".join(result.problems))
-        yield proc, port
-    finally:
-        children.stop(proc)
-
-
 def run_wrk(
-    opts: argparse.Namespace, port: int, mode: str, *, conc: int, duration: float, rate: float = 0
+    opts: argparse.Namespace, port: int, mode: str, *, conc: int, duration: int, rate: float = 0
 ) -> dict[str, Any]:
     """One wrk run pinned to the client core; its result JSON plus its own CPU time."""
     env = os.environ | {
@@ -240,7 +66,7 @@ def run_wrk(
         "BENCH_MARKER": MARKER,
     }
     argv = ["taskset", "-c", str(opts.client_core), "wrk", "-t1", f"-c{conc}"]
-    argv += [f"-d{duration:g}s", "--timeout", "10s", "-s", str(LUA)]
+    argv += [f"-d{duration}s", "--timeout", "10s", "-s", str(LUA)]
     argv.append(f"http://{HOST}:{port}{CHAT_PATH}")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # subprocess.run kills wrk itself if we are interrupted.
@@ -271,6 +97,9 @@ def throughput(opts: argparse.Namespace, port: int, mode: str, proxy_pid: int | 
         for role, core in (("client", opts.client_core), ("proxy", opts.proxy_core))
     }
     n = max(result["requests"], 1)
+    ours = {"client": 100 * (up + result["wrk_cpu_s"]) / wall, "proxy": 100 * (px or 0.0) / wall}
+    for role, load in result["cores"].items():
+        load["other_pct"] = max(0.0, load["busy_pct"] - ours[role])
     result["cpu"] = {
         "wall_s": wall,
         "proxy_s": px,
@@ -298,8 +127,9 @@ def measure(
         opts, port, mode, conc=opts.lat_conc, duration=opts.lat_duration, rate=rate
     )
     if proxy_pid:
-        run["memory"]["peak_mb"] = procstat.tree_memory(proxy_pid).hwm_mb
-        run["memory"]["rss_end_mb"] = procstat.tree_memory(proxy_pid).rss_mb
+        memory = procstat.tree_memory(proxy_pid)
+        run["memory"] |= {"peak_mb": memory.hwm_mb, "rss_end_mb": memory.rss_mb}
+        run["memory"]["end"] = memory.processes
 
 
 def measure_target(
@@ -342,23 +172,26 @@ def profile(children: Children, opts: argparse.Namespace, target: Target, mode: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="llm-proxy overhead benchmark", formatter_class=argparse.HelpFormatter
+        description="llm-proxy overhead benchmark",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=float, default=10.0, help="throughput run, seconds")
-    p.add_argument("--warmup", type=float, default=3.0, help="warm-up run, seconds")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; medians are taken across them")
+    p.add_argument("--duration", type=int, default=10, help="throughput run, seconds")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up run, seconds")
     p.add_argument("--modes", default="nonstream,stream", help="comma list: nonstream,stream")
     p.add_argument("--conc", type=int, default=64, help="connections, throughput run")
     p.add_argument("--rate-nonstream", type=float, default=200.0, help="latency run, req/s")
     p.add_argument("--rate-stream", type=float, default=100.0, help="latency run, req/s")
-    p.add_argument("--lat-duration", type=float, default=10.0, help="latency run, seconds")
+    p.add_argument("--lat-duration", type=int, default=10, help="latency run, seconds")
     p.add_argument("--lat-conc", type=int, default=8, help="connections, latency run")
     p.add_argument(
         "--proxy-cmd",
         default=DEFAULT_PROXY_CMD,
         help="proxy command; {repo} {config} {host} {port} are filled in",
     )
-    p.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument(
+        "--proxy-env", action="append", default=[], metavar="NAME=VALUE", help="proxy env var"
+    )
     p.add_argument("--label", default="proxy", help="name of the proxy target")
     p.add_argument("--extra-config", type=Path, help="YAML merged into the generated config")
     p.add_argument(
@@ -374,15 +207,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream delay per event")
     p.add_argument("--client-core", type=int, default=0, help="core of upstream and wrk")
     p.add_argument("--proxy-core", type=int, default=1, help="core of the proxy")
-    p.add_argument("--health-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--health-timeout", type=float, default=30.0, help="seconds for GET /health to be 200"
+    )
     p.add_argument("--profile", action="store_true", help="py-spy flame graph per mode")
-    p.add_argument("--profile-duration", type=float, default=10.0)
+    p.add_argument("--profile-duration", type=int, default=10, help="seconds")
     opts = p.parse_args(argv)
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
     if not opts.modes or set(opts.modes) - {"nonstream", "stream"}:
         p.error("--modes takes nonstream and/or stream")
     if opts.rounds < 1:
         p.error("--rounds must be at least 1")
+    # wrk takes whole seconds only.
+    if min(opts.duration, opts.warmup, opts.lat_duration, opts.profile_duration) < 1:
+        p.error("durations are whole seconds, at least 1")
     opts.proxy_env = [tuple(kv.split("=", 1)) for kv in opts.proxy_env]
     if any(len(kv) != 2 for kv in opts.proxy_env):
         p.error("--proxy-env takes NAME=VALUE")
@@ -506,6 +344,20 @@ def bench(children: Children, opts: argparse.Namespace) -> int:
     print(f"\nraw results: {out.relative_to(REPO)}")
     for mode, where in record.get("profiles", {}).items():
         print(f"profile {mode}: {where}")
+    # A direct run only uses the client core; a proxy run uses both.
+    noisy = [
+        r
+        for r in record["runs"]
+        if any(
+            load["other_pct"] > 10 and (role == "client" or r["target"] != "direct")
+            for role, load in r["throughput"]["cores"].items()
+        )
+    ]
+    if noisy:
+        print(
+            f"NOTE: {len(noisy)} of {len(record['runs'])} throughput runs had more than 10% of a "
+            "core they used taken by other processes; the numbers are noisy (see 'other %')."
+        )
     if any(row["errors"] for row in record["summary"]):
         print("WARNING: some requests failed; see errors column and the raw JSON.")
         status = 3

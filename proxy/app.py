@@ -13,6 +13,7 @@ from typing import Any
 from sanic import Sanic
 
 from proxy import metrics, tokens
+from proxy.api import anthropic as anthropic_api
 from proxy.api import health
 from proxy.api import openai as openai_api
 from proxy.api.errors import OpenAIErrorHandler
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
         INSPECTOR=False,
     )
     openai_api.register(app)
+    anthropic_api.register(app)
     health.register(app)
 
     @app.before_server_start

@@ -7,7 +7,7 @@
     │   ├── InvalidRequestError 400 · AuthenticationError 401 · PermissionDeniedError 403
     │   ├── ModelNotFoundError 404 · NotFoundError 404 · MethodNotAllowedError 405
     │   ├── RequestTooLargeError 413 · UnsupportedMediaTypeError 415
-    │   └── RateLimitedError 429
+    │   └── RateLimitedError 429 ── BudgetExceededError 429 (not retryable)
     └── ServerError (5xx)
         ├── NoDeploymentAvailableError 503 · ServiceUnavailableError 503
         └── UpstreamError 502 ── UpstreamTimeoutError 504 · UpstreamConnectError 502
@@ -122,6 +122,13 @@ class RateLimitedError(ClientError):
     status = 429
     type = "rate_limit_exceeded"
     retryable = True
+
+
+class BudgetExceededError(RateLimitedError):
+    """The spend budget of the window is used up; retrying before it resets cannot help."""
+
+    type = "budget_exceeded"
+    retryable = False
 
 
 class ServerError(ProxyError):

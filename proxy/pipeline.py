@@ -11,11 +11,12 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import orjson
 
 from proxy import tokens
 from proxy.errors import (
@@ -25,8 +26,9 @@ from proxy.errors import (
     ProxyError,
 )
 from proxy.metrics import Recorder
+from proxy.providers import anthropic_native, anthropic_reverse
 from proxy.providers._sse import sse_event
-from proxy.providers.base import Operation, ParsedRequest, StreamTranslator
+from proxy.providers.base import Operation, ParsedRequest, StreamTranslator, UpstreamRequest
 from proxy.routing import Deployment, Router
 from proxy.upstream import Transport, UpstreamResponse
 from proxy.wire.openai import (
@@ -144,6 +146,7 @@ class Pipeline:
     async def run(
         self, op: Operation, body: bytes, headers: Mapping[str, str]
     ) -> Reply | StreamReply:
+        """An OpenAI-shaped request (chat, completions, embeddings) to any deployment."""
         started = time.perf_counter()
         route = ROUTES[op]
         model = "other"
@@ -152,12 +155,7 @@ class Pipeline:
             self.authenticate(headers)
             view = decode_request(op, body)
             model = self._recorder.model_label(view.model)
-            deployment = self._router.pick(view.model)
-            if deployment is None:
-                raise ModelNotFoundError(
-                    f"The model '{view.model}' does not exist or you do not have access to it.",
-                    param="model",
-                )
+            deployment = self._deployment(view.model)
             stream = bool(getattr(view, "stream", False))
             options = getattr(view, "stream_options", None)
             req = ParsedRequest(
@@ -170,45 +168,116 @@ class Pipeline:
             upstream_req = deployment.adapter.build_request(
                 req, deployment.params, deployment.urls[op], deployment.headers
             )
-            resp = await self._transports[deployment.id].send(upstream_req, stream=stream)
-            if resp.status >= 400:
-                error_body = await resp.read()
-                raise deployment.adapter.parse_error(
-                    resp.status, resp.headers, error_body, deployment.id
-                )
+            reply_headers = _dropped_header(upstream_req.dropped)
+            resp = await self._exchange(deployment, upstream_req, stream)
             if stream:
-                translator = deployment.adapter.stream_translator(req)
+                upstream_model = deployment.params.upstream_model
                 relay = self._relay(
                     resp=resp,
-                    translator=translator,
-                    view=view,
-                    deployment=deployment,
+                    translator=deployment.adapter.stream_translator(req),
+                    count=lambda t: count_usage(view, upstream_model, t),
                     route=route,
                     model=model,
                     started=started,
+                    error_event=_openai_error_event,
+                )
+                return StreamReply(relay, {**SSE_HEADERS, **reply_headers})
+            parsed = deployment.adapter.parse_response(req, await resp.read())
+        except BaseException as exc:
+            self._failed(exc, route, model, started)
+            raise
+        usage = parsed.usage or count_usage(view, deployment.params.upstream_model, None)
+        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
+        self._recorder.finished(route, model, 200, time.perf_counter() - started)
+        return Reply(200, parsed.body, {**JSON_HEADERS, **reply_headers})
+
+    async def run_messages(self, body: bytes, headers: Mapping[str, str]) -> Reply | StreamReply:
+        """An Anthropic Messages request: passed through to Anthropic, translated otherwise."""
+        started = time.perf_counter()
+        route, model = "messages", "other"
+        self._recorder.started()
+        try:
+            self.authenticate(headers)
+            request = anthropic_reverse.decode_messages_request(body)
+            model = self._recorder.model_label(request.model)
+            deployment = self._deployment(request.model)
+            upstream_model = deployment.params.upstream_model
+            native = deployment.provider == "anthropic"
+            translator: StreamTranslator
+            if native:
+                stream = bool(request.stream)
+                upstream_body = anthropic_native.rename_model(body, request.model, upstream_model)
+                translator = anthropic_native.AnthropicPassthrough()
+            else:
+                upstream_body, stream = anthropic_reverse.messages_to_openai(body, upstream_model)
+                translator = anthropic_reverse.OpenAIToAnthropicStream(model=request.model)
+            url = deployment.urls[Operation.CHAT]
+            upstream_req = UpstreamRequest(url, deployment.headers, upstream_body)
+            resp = await self._exchange(deployment, upstream_req, stream)
+            if stream:
+                relay = self._relay(
+                    resp=resp,
+                    translator=translator,
+                    count=lambda t: _count_messages(body, upstream_model, t),
+                    route=route,
+                    model=model,
+                    started=started,
+                    error_event=anthropic_reverse.anthropic_error_event,
                 )
                 return StreamReply(relay)
-            parsed = deployment.adapter.parse_response(req, await resp.read())
-        except ProxyError as exc:
-            self._recorder.finished(route, model, exc.status, time.perf_counter() - started)
+            raw = await resp.read()
+            usage: Usage | None
+            if native:
+                out, usage = raw, anthropic_native.response_usage(raw)
+            else:
+                out, usage = anthropic_reverse.openai_response_to_messages(raw, request.model)
+        except BaseException as exc:
+            self._failed(exc, route, model, started)
             raise
-        except BaseException:
-            self._recorder.finished(route, model, 500, time.perf_counter() - started)
-            raise
-        self._account(view, deployment, parsed.usage, None, model)
+        usage = usage or _count_messages(body, upstream_model, None)
+        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
         self._recorder.finished(route, model, 200, time.perf_counter() - started)
-        return Reply(200, parsed.body)
+        return Reply(200, out)
+
+    def count_message_tokens(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        self.authenticate(headers)
+        return anthropic_reverse.count_tokens(body)
+
+    def _deployment(self, alias: str) -> Deployment:
+        deployment = self._router.pick(alias)
+        if deployment is None:
+            raise ModelNotFoundError(
+                f"The model '{alias}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        return deployment
+
+    async def _exchange(
+        self, deployment: Deployment, req: UpstreamRequest, stream: bool
+    ) -> UpstreamResponse:
+        """Send upstream; an error status becomes the adapter's ProxyError."""
+        resp = await self._transports[deployment.id].send(req, stream=stream)
+        if resp.status >= 400:
+            error_body = await resp.read()
+            raise deployment.adapter.parse_error(
+                resp.status, resp.headers, error_body, deployment.id
+            )
+        return resp
+
+    def _failed(self, exc: BaseException, route: str, model: str, started: float) -> None:
+        status = exc.status if isinstance(exc, ProxyError) else 500
+        self._recorder.finished(route, model, status, time.perf_counter() - started)
 
     async def _relay(
         self,
         *,
         resp: UpstreamResponse,
         translator: StreamTranslator,
-        view: RequestView,
-        deployment: Deployment,
+        count: Callable[[StreamTranslator], Usage],
         route: str,
         model: str,
         started: float,
+        error_event: Callable[[ProxyError], bytes],
     ) -> AsyncIterator[bytes]:
         """Forward each upstream chunk as it arrives; account once the stream is over."""
         status = CLIENT_CLOSED
@@ -218,33 +287,22 @@ class Pipeline:
                 if out:
                     yield out
             tail = translator.finish()
-            status = 200
+            failure = getattr(translator, "error", None)
+            status = failure.status if isinstance(failure, ProxyError) else 200
             if tail:
                 yield tail
         except ProxyError as exc:
             status = exc.status
-            log.warning("stream from %s failed: %s", deployment.id, exc.message)
-            yield sse_event(exc.to_json())
+            log.warning("stream on %s failed: %s", route, exc.message)
+            yield error_event(exc)
         finally:
             if status == 200:
                 resp.release()
             else:
                 resp.close()  # the upstream sees the request abandoned
-            self._account(view, deployment, translator.account.usage, translator, model)
+            usage = translator.account.usage or count(translator)
+            self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
             self._recorder.finished(route, model, status, time.perf_counter() - started)
-
-    def _account(
-        self,
-        view: RequestView,
-        deployment: Deployment,
-        usage: Usage | None,
-        translator: StreamTranslator | None,
-        model: str,
-    ) -> None:
-        """Tokens of one request: the upstream's usage, else counted with tiktoken."""
-        if usage is None:
-            usage = count_usage(view, deployment.params.upstream_model, translator)
-        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
 
 
 def count_usage(view: RequestView, model: str, translator: StreamTranslator | None) -> Usage:
@@ -259,6 +317,22 @@ def count_usage(view: RequestView, model: str, translator: StreamTranslator | No
     if translator is not None:
         completion = tokens.count_completion_tokens(translator.completion_text(), model)
     return Usage(prompt, completion, prompt + completion)
+
+
+def _count_messages(body: bytes, model: str, translator: StreamTranslator | None) -> Usage:
+    prompt: int = orjson.loads(anthropic_reverse.count_tokens(body, model))["input_tokens"]
+    completion = 0
+    if translator is not None:
+        completion = tokens.count_completion_tokens(translator.completion_text(), model)
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _openai_error_event(exc: ProxyError) -> bytes:
+    return sse_event(exc.to_json())
+
+
+def _dropped_header(dropped: tuple[str, ...]) -> dict[str, str]:
+    return {"x-llm-proxy-dropped-params": ",".join(dropped)} if dropped else {}
 
 
 def _text_prompt(prompt: Any) -> str | list[str]:

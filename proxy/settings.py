@@ -18,7 +18,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-PROVIDERS = ("openai", "azure", "mock")
+PROVIDERS = ("openai", "azure", "anthropic", "mock")
 ENV_PREFIX = "os.environ/"
 
 
@@ -57,6 +57,11 @@ class DeploymentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     http2: bool = False
     client: Literal["h1", "aiohttp", "httpx"] = "h1"  # upstream HTTP client (bench/README.md)
+    # translating providers (anthropic): unsupported client parameters are dropped (and
+    # reported) when true, a 400 naming the parameter when false
+    drop_params: bool = True
+    default_max_tokens: int = 4096  # Anthropic requires max_tokens; used when the client omits it
+    anthropic_version: str = "2023-06-01"
     # mock provider only
     mock_response: str | None = None
     mock_latency_ms: float = 0.0
@@ -207,8 +212,29 @@ def _normalise_entry(index: int, entry: Any, lookup: Mapping[str, str], warnings
                 del params[key]
             elif isinstance(params[key], str):
                 params[key] = _resolve(params[key], f"{where}.params.{key}", lookup)
+        if not params.get("api_key"):
+            variable = _default_key_variable(params)
+            if variable and lookup.get(variable):
+                params["api_key"] = lookup[variable]
         entry["params"] = params
     return entry
+
+
+def _default_key_variable(params: dict[str, Any]) -> str | None:
+    """The conventional environment variable holding a provider's key, as the SDKs read it.
+
+    OpenAI's only when no api_base is set: an OpenAI-compatible server elsewhere must not
+    be sent the OpenAI key by accident.
+    """
+    model = params.get("model")
+    provider = model.partition("/")[0] if isinstance(model, str) else ""
+    if provider == "anthropic":
+        return "ANTHROPIC_API_KEY"
+    if provider == "azure":
+        return "AZURE_API_KEY"
+    if provider == "openai" and not params.get("api_base"):
+        return "OPENAI_API_KEY"
+    return None
 
 
 def _resolve(value: str, where: str, lookup: Mapping[str, str]) -> str:

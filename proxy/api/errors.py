@@ -8,6 +8,7 @@ the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from sanic.exceptions import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestCancelled,
     RequestTimeout,
     SanicException,
     ServiceUnavailable,
@@ -62,6 +64,9 @@ class OpenAIErrorHandler(ErrorHandler):
     """Sanic's error hook: everything that escapes a handler ends here."""
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, RequestCancelled | asyncio.CancelledError):
+            # The client went away; nobody reads this answer and it is not our bug.
+            return HTTPResponse(status=499)
         if isinstance(exception, errors.ProxyError):
             mapped = exception
         elif isinstance(exception, SanicException):

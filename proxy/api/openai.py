@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -11,12 +12,15 @@ from sanic import HTTPResponse, Request, Sanic
 
 from proxy.context import AppContext
 from proxy.errors import ModelNotFoundError, UnsupportedMediaTypeError
-from proxy.pipeline import Reply
+from proxy.pipeline import Reply, StreamReply
 from proxy.providers.base import Operation
 from proxy.wire.openai import Model, ModelList
 
 _encoder = msgspec.json.Encoder()
 _MAX_REQUEST_ID = 128
+# Unique without a syscall per request: a random prefix per process, then a counter.
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
 
 
 def request_id(request: Request) -> str:
@@ -27,16 +31,16 @@ def request_id(request: Request) -> str:
         if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
             rid = given
         else:
-            rid = os.urandom(12).hex()
+            rid = f"{_ID_PREFIX}{next(_id_counter):012x}"
         request.ctx.request_id = rid
     return rid
 
 
-def _context(request: Request) -> AppContext:
+def context_of(request: Request) -> AppContext:
     return cast(AppContext, request.app.ctx.proxy)
 
 
-def _check_content_type(request: Request) -> None:
+def check_content_type(request: Request) -> None:
     ctype = request.headers.get("content-type")
     if ctype and not ctype.lower().startswith(("application/json", "text/json")):
         raise UnsupportedMediaTypeError(
@@ -47,8 +51,15 @@ def _check_content_type(request: Request) -> None:
 
 async def _forward(request: Request, op: Operation) -> HTTPResponse | None:
     rid = request_id(request)
-    _check_content_type(request)
-    result = await _context(request).pipeline.run(op, request.body, request.headers)
+    check_content_type(request)
+    result = await context_of(request).pipeline.run(op, request.body, request.headers)
+    return await send_result(request, result, rid)
+
+
+async def send_result(
+    request: Request, result: Reply | StreamReply, rid: str
+) -> HTTPResponse | None:
+    """Answer with a JSON reply, or relay a stream chunk by chunk."""
     if isinstance(result, Reply):
         result.headers["x-request-id"] = rid
         return HTTPResponse(
@@ -91,7 +102,7 @@ def _model(ctx: AppContext, alias: str) -> Model:
 
 async def list_models(request: Request) -> HTTPResponse:
     rid = request_id(request)
-    ctx = _context(request)
+    ctx = context_of(request)
     aliases = ctx.pipeline.allowed_models(request.headers)
     body = _encoder.encode(ModelList([_model(ctx, a) for a in aliases]))
     return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
@@ -99,7 +110,7 @@ async def list_models(request: Request) -> HTTPResponse:
 
 async def get_model(request: Request, model_id: str) -> HTTPResponse:
     rid = request_id(request)
-    ctx = _context(request)
+    ctx = context_of(request)
     if model_id not in ctx.pipeline.allowed_models(request.headers):
         raise ModelNotFoundError(
             f"The model '{model_id}' does not exist or you do not have access to it.",

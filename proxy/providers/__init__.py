@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.providers.anthropic import AnthropicAdapter
 from proxy.providers.base import ProviderAdapter
 from proxy.providers.openai import AzureAdapter, OpenAIAdapter
 
@@ -9,6 +10,7 @@ from proxy.providers.openai import AzureAdapter, OpenAIAdapter
 ADAPTERS: dict[str, ProviderAdapter] = {
     "openai": OpenAIAdapter(),
     "azure": AzureAdapter(),
+    "anthropic": AnthropicAdapter(),
     "mock": OpenAIAdapter(),
 }
 

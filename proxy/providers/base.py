@@ -40,6 +40,9 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes
+    # Client parameters the upstream cannot take and the adapter left out (drop_params);
+    # the API layer reports them in ``x-llm-proxy-dropped-params``.
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -19,6 +19,22 @@ Routes (OpenAI wire format, as the official ``openai`` SDK expects it):
   lists; ``encoding_format`` ``"float"`` (default) or ``"base64"`` (little-endian float32);
   ``dimensions``.  Vectors are unit length and depend only on the input item.
 * ``GET /v1/models`` and ``GET /v1/models/{model}``.
+* Anthropic: ``POST /v1/messages`` answers in the Messages API's shapes (``message`` JSON, or
+  with ``"stream": true`` the SSE events ``message_start``, ``ping``,
+  ``content_block_start``/``_delta``/``_stop``, ``message_delta``, ``message_stop``, each
+  framed ``event: <type>`` + ``data: <json>``).  It requires an ``anthropic-version`` header
+  and, with ``--require-key``, ``x-api-key`` (or a Bearer token, as anthropic SDK 2.x sends
+  the key); errors are Anthropic-shaped
+  (``{"type": "error", "error": {"type", "message"}}``).  ``model``, ``max_tokens`` and a
+  non-empty ``messages`` are required, roles must alternate and each ``tool_result`` must
+  answer a ``tool_use`` of the previous message.  The answer holds a ``thinking`` block
+  (with ``thinking_delta``s and a ``signature_delta``) when the request has ``thinking``,
+  and a ``tool_use`` block (arguments streamed as ``input_json_delta``s) when the request
+  has ``tools`` and either forces one (``tool_choice`` ``tool``/``any``: no text then) or
+  the model name contains ``tool`` (first tool, after a short text).  The input has one
+  sample value per schema property.  Usage counts like chat (input from the text of
+  ``system`` and all messages; output = thinking + text pieces + 3 for a tool call); a
+  reply longer than ``max_tokens`` pieces is cut with ``stop_reason: max_tokens``.
 * Azure: ``POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}``
   requires an ``api-key`` header and an ``api-version`` query parameter (Azure-style 401/400
   error otherwise); the deployment name plays the part of the model.
@@ -51,6 +67,13 @@ can keep model names unique:
 * ``nousage``: streams never carry the usage chunk; non-stream answers omit ``usage``.
 * ``echo``: the reply text is the exact request body the fake received.
 * ``long-<n>``: the reply has <n> content pieces.
+* ``midstream-error`` (``/v1/messages`` streams): half-way through the text an Anthropic
+  ``error`` event (``overloaded_error``) and a clean end of the stream.
+* ``unknown-event`` (``/v1/messages`` streams): made-up event types among the real ones.
+
+On ``/v1/messages``, ``error-<status>`` answers with Anthropic's error type for the status
+(e.g. 529 ``overloaded_error``; 429 and 529 add ``retry-after: 1``); ``nousage`` has no
+effect there (Anthropic always reports usage).
 
 ``echo`` and ``long-<n>`` shape reply text, so on ``/embeddings`` they answer normally.
 
@@ -191,10 +214,15 @@ FaultKind = Literal[
     "nousage",
     "echo",
     "long",
+    "midstream-error",
+    "unknown-event",
 ]
 
 _NUMERIC_FAULT: Final = re.compile(r"(error|slowfirst|slow|cut|long)-(\d+)(?:\D.*)?", re.DOTALL)
-_WORD_FAULT: Final = re.compile(r"(hang|garbage|reset|nousage|echo)(?:[^A-Za-z0-9].*)?", re.DOTALL)
+_WORD_FAULT: Final = re.compile(
+    r"(hang|garbage|reset|nousage|echo|midstream-error|unknown-event)(?:[^A-Za-z0-9].*)?",
+    re.DOTALL,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +248,7 @@ def parse_fault(model: str) -> Fault:
 
 
 class FakeApiError(Exception):
-    """An error answer; the middleware turns it into an OpenAI- or Azure-shaped response."""
+    """An error answer; the middleware renders it OpenAI-, Azure- or Anthropic-shaped."""
 
     def __init__(
         self,
@@ -232,6 +260,7 @@ class FakeApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
         azure: bool = False,
+        anthropic: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -241,9 +270,16 @@ class FakeApiError(Exception):
         self.code = code
         self.headers = headers or {}
         self.azure = azure
+        self.anthropic = anthropic
 
     def body(self) -> dict[str, Any]:
         """The JSON error envelope."""
+        if self.anthropic:
+            return {
+                "type": "error",
+                "error": {"type": self.type, "message": self.message},
+                "request_id": _request_id(),
+            }
         if self.azure:
             return {"error": {"code": self.code or str(self.status), "message": self.message}}
         return {
@@ -516,6 +552,21 @@ async def _send_sse(
     abort_after: int | None,
 ) -> web.StreamResponse:
     """Stream ``events`` as SSE, then ``[DONE]``, tracking completion and cancellation."""
+    frames = [b"data: " + _dumps(event) + b"\n\n" for event in events]
+    return await _send_frames(
+        request, frames, delay=delay, abort_after=abort_after, tail=b"data: [DONE]\n\n"
+    )
+
+
+async def _send_frames(
+    request: web.Request,
+    frames: Sequence[bytes],
+    *,
+    delay: float,
+    abort_after: int | None,
+    tail: bytes = b"",
+) -> web.StreamResponse:
+    """Stream pre-framed SSE events, then ``tail``, tracking completion and cancellation."""
     stats = request.app[STATS_KEY]
     response = web.StreamResponse(status=200)
     response.headers["Content-Type"] = "text/event-stream; charset=utf-8"
@@ -525,17 +576,18 @@ async def _send_sse(
     aborting = False
     try:
         await response.prepare(request)
-        for index, event in enumerate(events):
+        for index, frame in enumerate(frames):
             if index and delay:
                 await asyncio.sleep(delay)
-            await response.write(b"data: " + _dumps(event) + b"\n\n")
+            await response.write(frame)
             if abort_after is not None and index + 1 >= abort_after:
                 aborting = True
                 stats.streams_aborted += 1
                 return await _abort_connection(request)
-        if delay:
-            await asyncio.sleep(delay)
-        await response.write(b"data: [DONE]\n\n")
+        if tail:
+            if delay:
+                await asyncio.sleep(delay)
+            await response.write(tail)
         await response.write_eof()
     except asyncio.CancelledError:
         if not aborting:
@@ -865,6 +917,284 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _send_json(request, payload, fault)
 
 
+# --------------------------------------------------------------------------- anthropic
+
+# Anthropic's error type for each status the fake can script (``error-<status>``).
+_ANTHROPIC_ERRORS: Final[dict[int, tuple[str, str]]] = {
+    400: ("invalid_request_error", "Invalid request to model `{model}` (scripted fault)."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use `{model}`."),
+    404: ("not_found_error", "model: {model}"),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "This request would exceed the rate limit for your organization."),
+    500: ("api_error", "Internal server error"),
+    504: ("timeout_error", "Request timed out"),
+    529: ("overloaded_error", "Overloaded"),
+}
+THINKING_PIECES: Final = ("Let me think", " about this", " carefully.")
+THINKING_SIGNATURE: Final = "EqQBCkYIBxgCKkBmYWtlLXNpZ25hdHVyZQ=="
+TOOL_TEXT: Final = "I will call the tool."
+
+
+def _check_anthropic_headers(request: web.Request, required: str | None) -> None:
+    # x-api-key is the documented header; anthropic SDKs from 2.x send the key as a Bearer.
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    key = request.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
+    if required is not None and key != required:
+        message = "invalid x-api-key" if key else "x-api-key header is required"
+        raise FakeApiError(401, message, type_="authentication_error", anthropic=True)
+    if not request.headers.get("anthropic-version"):
+        raise FakeApiError(400, "anthropic-version: header is required", anthropic=True)
+
+
+def anthropic_fault_error(status: int, model: str) -> FakeApiError:
+    """The scripted ``error-<status>`` answer on ``/v1/messages``."""
+    default = ("invalid_request_error" if status < 500 else "api_error", f"HTTP {status}.")
+    type_, template = _ANTHROPIC_ERRORS.get(status, default)
+    headers = {"retry-after": "1"} if status in (429, 529) else {}
+    message = template.format(model=model)
+    return FakeApiError(status, message, type_=type_, headers=headers, anthropic=True)
+
+
+def _anthropic_text(content: object) -> str:
+    """The text of a string content or of its text (and tool_result) blocks."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts = []
+    for block in content:
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            texts.append(_anthropic_text(block.get("content")))
+    return "".join(texts)
+
+
+def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], int]:
+    """Check what the real API checks first; return (model, messages, max_tokens)."""
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            raise FakeApiError(400, f"{name}: Field required")
+    model, messages, max_tokens = body["model"], body["messages"], body["max_tokens"]
+    if not isinstance(model, str) or not model:
+        raise FakeApiError(400, "model: Input should be a valid string")
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise FakeApiError(400, "max_tokens: Input should be a valid integer greater than 0")
+    if not isinstance(messages, list) or not messages:
+        raise FakeApiError(400, "messages: at least one message is required")
+    previous_role, previous_tool_ids = None, set()
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            raise FakeApiError(400, f"messages.{index}.role: Input should be 'user' or 'assistant'")
+        if role == previous_role:
+            raise FakeApiError(400, "messages: roles must alternate between user and assistant")
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        for block in blocks:
+            if block.get("type") == "tool_result" and block.get("tool_use_id") not in (
+                previous_tool_ids
+            ):
+                raise FakeApiError(
+                    400,
+                    f"messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{block.get('tool_use_id')}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message.",
+                )
+        previous_tool_ids = {b.get("id") for b in blocks if b.get("type") == "tool_use"}
+        previous_role = role
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not _is_int(budget) or budget < 1024:
+            raise FakeApiError(400, "thinking.enabled.budget_tokens: must be at least 1024")
+        if max_tokens <= budget:
+            raise FakeApiError(400, "`max_tokens` must be greater than `thinking.budget_tokens`.")
+    return model, messages, max_tokens
+
+
+def _sample_input(schema: object) -> dict[str, Any]:
+    """A deterministic tool input with one value per property of the schema."""
+    samples = {"string": "alpha", "integer": 1, "number": 1.5, "boolean": True}
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name, spec in properties.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        out[name] = {"array": [], "object": {}}.get(str(kind), samples.get(str(kind), "alpha"))
+    return out
+
+
+def _pick_tool(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """The tool the fake calls: a forced one, or the first when the model name says ``tool``."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {}
+    if not tools or choice.get("type") == "none":
+        return None
+    if choice.get("type") == "tool":
+        return next((t for t in tools if t.get("name") == choice.get("name")), None)
+    if choice.get("type") == "any" or "tool" in model:
+        return tools[0]
+    return None
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What the fake says, as the pieces a stream sends."""
+
+    thinking: list[str]
+    text: list[str]
+    tool: dict[str, Any] | None  # {"id", "name", "input"}
+    stop_reason: str
+
+    @property
+    def output_tokens(self) -> int:
+        tool_tokens = len(_split_text(_dumps(self.tool["input"]).decode(), 3)) if self.tool else 0
+        return len(self.thinking) + len(self.text) + tool_tokens
+
+
+def _anthropic_answer(
+    body: dict[str, Any], model: str, max_tokens: int, pieces: list[str]
+) -> _Answer:
+    thinking = body.get("thinking")
+    enabled = isinstance(thinking, dict) and thinking.get("type") != "disabled"
+    thoughts = list(THINKING_PIECES) if enabled else []
+    tool = _pick_tool(body, model)
+    forced = isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") in (
+        "tool",
+        "any",
+    )
+    if tool is not None:
+        call = {
+            "id": f"toolu_{uuid.uuid4().hex[:24]}",
+            "name": tool.get("name", ""),
+            "input": _sample_input(tool.get("input_schema")),
+        }
+        return _Answer(thoughts, [] if forced else [TOOL_TEXT], call, "tool_use")
+    if len(pieces) > max_tokens:
+        return _Answer(thoughts, pieces[:max_tokens], None, "max_tokens")
+    return _Answer(thoughts, pieces, None, "end_turn")
+
+
+def _anthropic_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output_tokens,
+    }
+
+
+def _anthropic_message(
+    msg_id: str, model: str, answer: _Answer, input_tokens: int
+) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if answer.thinking:
+        thinking = "".join(answer.thinking)
+        content.append({"type": "thinking", "thinking": thinking, "signature": THINKING_SIGNATURE})
+    if answer.text:
+        content.append({"type": "text", "text": "".join(answer.text)})
+    if answer.tool:
+        content.append({"type": "tool_use", **answer.tool})
+    return {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": answer.stop_reason,
+        "stop_sequence": None,
+        "usage": _anthropic_usage(input_tokens, answer.output_tokens),
+    }
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    return f"event: {event['type']}\n".encode() + b"data: " + _dumps(event) + b"\n\n"
+
+
+def _anthropic_events(
+    msg_id: str, model: str, answer: _Answer, input_tokens: int, fault: Fault
+) -> list[bytes]:
+    """Every event of one answer, in the API's order and framing."""
+    start = _anthropic_message(msg_id, model, answer, input_tokens)
+    start.update(content=[], stop_reason=None, usage=_anthropic_usage(input_tokens, 1))
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": start}, {"type": "ping"}]
+    if fault.kind == "unknown-event":
+        events.append({"type": "made_up_event", "detail": {"anything": [1, 2]}})
+
+    def block(index: int, first: dict[str, Any], deltas: list[dict[str, Any]]) -> None:
+        events.append({"type": "content_block_start", "index": index, "content_block": first})
+        for delta in deltas:
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        events.append({"type": "content_block_stop", "index": index})
+
+    index = 0
+    if answer.thinking:
+        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in answer.thinking]
+        deltas.append({"type": "signature_delta", "signature": THINKING_SIGNATURE})
+        block(index, {"type": "thinking", "thinking": "", "signature": ""}, deltas)
+        index += 1
+    if answer.text:
+        deltas = [{"type": "text_delta", "text": piece} for piece in answer.text]
+        block(index, {"type": "text", "text": ""}, deltas)
+        index += 1
+        if fault.kind == "midstream-error":  # after half of the text
+            cut = len(events) - 1 - len(deltas) + max(1, len(deltas) // 2)
+            error = {"type": "overloaded_error", "message": "Overloaded"}
+            return [_frame(e) for e in events[:cut]] + [_frame({"type": "error", "error": error})]
+    if fault.kind == "unknown-event":
+        events.append({"type": "made_up_event", "detail": "between blocks"})
+    if answer.tool:
+        arguments = _dumps(answer.tool["input"]).decode()
+        deltas = [{"type": "input_json_delta", "partial_json": ""}]
+        deltas += [
+            {"type": "input_json_delta", "partial_json": piece}
+            for piece in _split_text(arguments, 3)
+        ]
+        block(index, {"type": "tool_use", **answer.tool, "input": {}}, deltas)
+    delta = {"stop_reason": answer.stop_reason, "stop_sequence": None}
+    events.append(
+        {"type": "message_delta", "delta": delta, "usage": {"output_tokens": answer.output_tokens}}
+    )
+    events.append({"type": "message_stop"})
+    return [_frame(e) for e in events]
+
+
+async def anthropic_messages(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/messages``: Anthropic's Messages API, JSON or SSE."""
+    config = request.app[CONFIG_KEY]
+    try:
+        body, raw = await _read_object(request)
+        model, messages, max_tokens = _validate_anthropic(body)
+        stream = body.get("stream") is True
+    except FakeApiError as error:
+        error.anthropic = True
+        raise
+    stats = request.app[STATS_KEY]
+    stats.by_model[model] = stats.by_model.get(model, 0) + 1
+    fault = parse_fault(model)
+    if fault.kind == "error":
+        raise anthropic_fault_error(fault.value, model)
+    await _entry_faults(request, fault, model, stream)
+    if fault.kind == "garbage":
+        return _garbage_response()
+    system = body.get("system")
+    chars = len(_anthropic_text(system)) + sum(
+        len(_anthropic_text(m.get("content"))) for m in messages
+    )
+    answer = _anthropic_answer(body, model, max_tokens, _reply_pieces(fault, config.chunks, raw))
+    msg_id = f"msg_{uuid.uuid4().hex[:24]}"
+    if not stream:
+        return await _send_json(
+            request, _anthropic_message(msg_id, model, answer, chars // 4 + 1), fault
+        )
+    frames = _anthropic_events(msg_id, model, answer, chars // 4 + 1, fault)
+    abort_after = fault.value if fault.kind == "cut" else None
+    return await _send_frames(request, frames, delay=_stream_timing(fault), abort_after=abort_after)
+
+
 # --------------------------------------------------------------------------- models & control
 
 
@@ -909,6 +1239,10 @@ def _is_azure(request: web.Request) -> bool:
     return request.path.startswith("/openai/")
 
 
+def _is_anthropic(request: web.Request) -> bool:
+    return request.path.startswith("/v1/messages")
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record the request in the stats and track in-flight/cancelled handlers."""
@@ -947,7 +1281,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status not in (404, 405):
             raise
         invalid_url = FakeApiError(
-            exc.status, f"Invalid URL ({request.method} {request.path})", azure=_is_azure(request)
+            exc.status,
+            f"Invalid URL ({request.method} {request.path})",
+            azure=_is_azure(request),
+            anthropic=_is_anthropic(request),
         )
         return _json_response(invalid_url.body(), status=exc.status)
 
@@ -969,11 +1306,13 @@ def _openai_key_error(provided: str | None) -> FakeApiError:
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Enforce ``--require-key`` (Bearer) and the Azure ``api-key``/``api-version`` rules."""
+    """Enforce ``--require-key`` (Bearer, or Anthropic's ``x-api-key``) and the Azure rules."""
     if _is_control(request):
         return await handler(request)
     required = request.app[CONFIG_KEY].require_key
-    if _is_azure(request):
+    if _is_anthropic(request):
+        _check_anthropic_headers(request, required)
+    elif _is_azure(request):
         key = request.headers.get("api-key")
         if not key or (required is not None and key != required):
             raise FakeApiError(
@@ -1011,6 +1350,7 @@ def create_app(config: Config | None = None) -> web.Application:
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)
+    app.router.add_post("/v1/messages", anthropic_messages)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
     app.router.add_get("/_stats", get_stats)

@@ -49,10 +49,10 @@ def test_litellm_config_loads_with_warnings(write_config: WriteConfig) -> None:
     assert entry.params.rpm == 100
     assert entry.deployment_id == "dep-1"
     assert settings.master_key == "sk-master"
+    assert entry.params.drop_params is True
     assert warnings == [
         "general_settings.database_url is not supported yet and is ignored",
         "litellm_settings.drop_params is not supported yet and is ignored",
-        "model_list[0].params.drop_params is not supported yet and is ignored",
     ]
 
 
@@ -74,6 +74,43 @@ def test_unset_provider_key_disables_the_deployment(write_config: WriteConfig) -
     settings = load_settings(str(path), {}, warnings.append)
     assert settings.model_names == ("m",)
     assert "NOPE is not set; this deployment is disabled" in warnings[0]
+
+
+def test_provider_keys_default_from_the_environment(write_config: WriteConfig) -> None:
+    """Deployments without api_key take the provider's conventional variable when it is set."""
+
+    def entry(name: str, **params: str) -> dict[str, Any]:
+        return {"model_name": name, "params": params}
+
+    path = write_config(
+        {
+            "model_list": [
+                entry("claude", model="anthropic/claude-sonnet-4"),
+                entry("gpt", model="openai/gpt-4o"),
+                entry("local", model="openai/llama", api_base="http://localhost:8001/v1"),
+                entry("az", model="azure/dep", api_base="https://x", api_version="2024-10-21"),
+                entry("own", model="anthropic/claude-haiku", api_key="sk-own"),
+            ],
+            "environment_variables": {"AZURE_API_KEY": "az-key"},
+        }
+    )
+    env = {"ANTHROPIC_API_KEY": "sk-ant", "OPENAI_API_KEY": "sk-oai"}
+    keys = [e.params.api_key for e in load_settings(str(path), env, lambda _: None).model_list]
+    assert keys == ["sk-ant", "sk-oai", None, "az-key", "sk-own"]
+    quiet = load_settings(str(path), {}, lambda _: None).model_list
+    assert [e.params.api_key for e in quiet] == [None, None, None, "az-key", "sk-own"]
+
+
+def test_anthropic_deployment_params_have_defaults(write_config: WriteConfig) -> None:
+    """An anthropic deployment loads with the translation defaults (4096 tokens, drop params)."""
+    path = write_config({"model_list": [{"model_name": "c", "params": {"model": "anthropic/c"}}]})
+    params = load_settings(str(path), {}, lambda _: None).model_list[0].params
+    assert (params.provider, params.default_max_tokens, params.drop_params) == (
+        "anthropic",
+        4096,
+        True,
+    )
+    assert params.anthropic_version == "2023-06-01"
 
 
 def test_unset_master_key_variable_is_fatal(write_config: WriteConfig) -> None:
