@@ -36,3 +36,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: image k8s-validate
+
+# Container image without a Docker daemon (buildah + podman), then run and checked; see deploy/README.md.
+image:
+	scripts/image.sh
+
+# Render every kustomize overlay, validate it against the Kubernetes schemas, check the policy.
+k8s-validate: $(STAMP)
+	$(BIN)/pytest tests/deploy
