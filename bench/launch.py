@@ -156,7 +156,12 @@ def proxy_config(upstream_port: int, extra: Path | None) -> dict[str, Any]:
         loaded = yaml.safe_load(extra.read_text()) or {}
         if not isinstance(loaded, dict):
             raise BenchError(f"{extra}: extra config must be a YAML mapping")
+        # Lists replace rather than merge, so per-deployment settings (e.g. the upstream
+        # client) come under their own key and apply to every deployment.
+        params = loaded.pop("bench_deployment_params", None) or {}
         config = deep_merge(config, loaded)
+        for entry in config["model_list"]:
+            entry["params"] = {**entry["params"], **params}
     return config
 
 

@@ -30,7 +30,7 @@ import gzip
 import hashlib
 import importlib.resources
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -165,9 +165,13 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return encoding
 
 
-def preload_encodings() -> None:
-    """Build every supported encoding now, so no request pays the loading cost."""
-    for name in _SPECS:
+def preload_encodings(models: Iterable[str] | None = None) -> None:
+    """Build the encodings of ``models`` (all supported ones when None) ahead of requests.
+
+    Each costs ~0.4 s and 30-80 MB of memory, so a worker builds only what its models use.
+    """
+    names = _SPECS if models is None else sorted({encoding_name_for_model(m) for m in models})
+    for name in names:
         get_encoding(name)
 
 

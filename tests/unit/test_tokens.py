@@ -448,3 +448,16 @@ def test_input_counting_never_raises_on_odd_shapes(value: Any) -> None:
     """Arbitrary JSON-like prompt/embedding inputs yield a non-negative count."""
     assert tokens.count_embedding_input_tokens(value, "text-embedding-3-small") >= 0
     assert tokens.count_prompt_tokens_text(value, "gpt-4o") >= 0
+
+
+def test_preload_builds_only_what_the_models_use() -> None:
+    """A worker serving only o200k models never builds cl100k (30+ MB saved)."""
+    script = (
+        "from proxy import tokens\n"
+        "tokens.preload_encodings(['gpt-4o-mini', 'claude-sonnet-4-5', 'mock-gpt'])\n"
+        "print(sorted(tokens._encodings))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "['o200k_base']"
