@@ -1,12 +1,14 @@
-"""The ``llm-proxy`` command: ``serve`` (the default) and ``check-config``."""
+"""The ``llm-proxy`` command: ``serve`` (the default), ``check-config``, ``migrate``, ``keys``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 
 from proxy import __version__
+from proxy.cli import add_key_commands, migrate, run_key_command
 from proxy.settings import ConfigError, Settings, load_settings
 
 CONFIG_ERROR_EXIT = 2
@@ -19,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("serve", "run the proxy (default)"),
         ("check-config", "validate the config"),
+        ("migrate", "create or upgrade the database schema, then exit"),
+        ("keys", "manage virtual keys in the database"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="YAML config file (default: $LLM_PROXY_CONFIG)")
@@ -26,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--host")
             p.add_argument("--port", type=int)
             p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+        if name == "keys":
+            add_key_commands(p)
     return parser
 
 
@@ -53,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llm-proxy: config error: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
+    if args.command == "migrate":
+        return asyncio.run(migrate(settings))
+    if args.command == "keys":
+        return asyncio.run(run_key_command(settings, args))
     if args.command == "check-config":
         print(
             f"config ok: {len(settings.model_list)} deployment(s) for "

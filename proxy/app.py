@@ -10,28 +10,99 @@ import logging
 import os
 from typing import Any
 
+import msgspec
 from sanic import Sanic
 
 from proxy import metrics, tokens
+from proxy.accounting import Ledger
+from proxy.api import admin as admin_api
 from proxy.api import anthropic as anthropic_api
 from proxy.api import health
 from proxy.api import openai as openai_api
 from proxy.api.errors import OpenAIErrorHandler
 from proxy.context import AppContext
+from proxy.keys import KeyCache, KeyService
+from proxy.limits import LimitsSettings, create_key_events, create_limiter
 from proxy.pipeline import Pipeline
 from proxy.routing import Router
 from proxy.settings import Settings
+from proxy.store import DatabaseUnavailableError, Store, open_store
 from proxy.upstream import Transport, make_transport
+from proxy.usage.prices import default_prices
+from proxy.usage.writer import SpendWriter
 
 log = logging.getLogger("llm_proxy")
 
 
-def build_context(settings: Settings) -> AppContext:
+def limits_settings(settings: Settings) -> LimitsSettings:
+    ours = msgspec.structs.asdict(settings.limits)
+    ours.pop("default_output_tokens")  # the ledger's, not the limiter's
+    return msgspec.convert(ours, LimitsSettings)
+
+
+def open_database(settings: Settings) -> Store:
+    db = settings.database
+    return open_store(
+        db.url,
+        sqlite_path=db.sqlite_path,
+        schema=db.schema,
+        pool_min_size=db.pool_min,
+        pool_max_size=db.pool_max,
+    )
+
+
+async def build_context(settings: Settings) -> AppContext:
+    """Every long-lived object of one worker, wired together."""
     router = Router(settings)
     transports: dict[str, Transport] = {d.id: make_transport(d.params) for d in router.deployments}
     recorder = metrics.Recorder(router.aliases, enabled=settings.server.metrics)
-    pipeline = Pipeline(router, transports, recorder, settings.master_key)
-    return AppContext(settings, router, transports, pipeline)
+    store = open_database(settings)
+    database_ok = True
+    if settings.database.migrate_on_start:
+        try:
+            await store.migrate()  # idempotent, and serialised across processes
+        except DatabaseUnavailableError as exc:
+            database_ok = False
+            log.error("database unavailable at start-up, running degraded: %s", exc)
+    usage = settings.usage
+    writer = None
+    if usage.enabled:
+        writer = SpendWriter(
+            store,
+            batch_size=usage.batch_size,
+            flush_interval=usage.flush_interval_seconds,
+            max_buffered=usage.max_buffered,
+            spill_dir=usage.spill_dir,
+        )
+        await writer.start()
+    lset = limits_settings(settings)
+    limiter = create_limiter(lset)
+    events = create_key_events(lset)
+    cache = KeyCache(
+        ttl=settings.keys.cache_ttl_seconds, negative_ttl=settings.keys.negative_cache_ttl_seconds
+    )
+    keys = KeyService(store, cache, publish=events.publish)
+    events.subscribe(keys.invalidate, on_resync=cache.clear)
+    ledger = Ledger(
+        limiter,
+        writer,
+        default_prices(),
+        default_output_tokens=settings.limits.default_output_tokens,
+    )
+    pipeline = Pipeline(router, transports, recorder, settings.master_key, keys=keys, ledger=ledger)
+    return AppContext(
+        settings,
+        router,
+        transports,
+        pipeline,
+        store=store,
+        keys=keys,
+        limiter=limiter,
+        events=events,
+        writer=writer,
+        ledger=ledger,
+        database_ok=database_ok,
+    )
 
 
 def create_app(settings: Settings) -> Sanic[Any, Any]:
@@ -53,12 +124,13 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
     )
     openai_api.register(app)
     anthropic_api.register(app)
+    admin_api.register(app)
     health.register(app)
 
     @app.before_server_start
     async def _start(app: Sanic[Any, Any]) -> None:
         tokens.preload_encodings(m.params.upstream_model for m in settings.model_list)
-        app.ctx.proxy = build_context(settings)
+        app.ctx.proxy = await build_context(settings)
 
     @app.before_server_stop
     async def _drain(app: Sanic[Any, Any]) -> None:

@@ -8,6 +8,7 @@ No Sanic types here: the API layer hands in the body and headers and gets back a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -19,18 +20,22 @@ import msgspec
 import orjson
 
 from proxy import tokens
+from proxy.accounting import Entry, Ledger
 from proxy.errors import (
     AuthenticationError,
     InvalidRequestError,
     ModelNotFoundError,
     ProxyError,
 )
+from proxy.keys import KeyService
 from proxy.metrics import Recorder
 from proxy.providers import anthropic_native, anthropic_reverse
 from proxy.providers._sse import sse_event
 from proxy.providers.base import Operation, ParsedRequest, StreamTranslator, UpstreamRequest
 from proxy.routing import Deployment, Router
+from proxy.store import KeyRecord
 from proxy.upstream import Transport, UpstreamResponse
+from proxy.usage.prices import PriceTable
 from proxy.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -118,44 +123,89 @@ class Pipeline:
         transports: Mapping[str, Transport],
         recorder: Recorder,
         master_key: str | None,
+        *,
+        keys: KeyService | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._router = router
         self._transports = transports
         self._recorder = recorder
         self._master_key = master_key.encode() if master_key else None
+        self._keys = keys
+        self._ledger = ledger or Ledger(None, None, PriceTable({}))
 
-    def authenticate(self, headers: Mapping[str, str]) -> None:
+    async def caller(self, headers: Mapping[str, str]) -> KeyRecord | None:
+        """Who is asking: a virtual key's record, or None for the master key (or no auth).
+
+        With no master key configured the proxy is open and keys are not checked.
+        """
         if self._master_key is None:
-            return
+            return None
         key = api_key_from(headers)
         if key is None:
             raise AuthenticationError(
                 "Missing API key: send it as 'Authorization: Bearer <key>' "
                 "(or an 'x-api-key' / 'api-key' header)."
             )
-        if not hmac.compare_digest(key.encode(), self._master_key):
+        if hmac.compare_digest(key.encode(), self._master_key):
+            return None
+        if self._keys is None:
             raise AuthenticationError("Incorrect API key provided.")
+        return await self._keys.authenticate(key)
 
-    def allowed_models(self, headers: Mapping[str, str]) -> list[str]:
-        self.authenticate(headers)
-        return self._router.aliases
+    def authenticate_admin(self, headers: Mapping[str, str]) -> None:
+        """The admin API takes the master key only."""
+        if self._master_key is None:
+            raise AuthenticationError(
+                "The admin API needs a master key: set LLM_PROXY_MASTER_KEY.",
+                code="admin_disabled",
+            )
+        key = api_key_from(headers)
+        if key is None or not hmac.compare_digest(key.encode(), self._master_key):
+            raise AuthenticationError("The admin API needs the master key.")
+
+    async def allowed_models(self, headers: Mapping[str, str]) -> list[str]:
+        record = await self.caller(headers)
+        aliases = self._router.aliases
+        if record is not None and record.models:
+            return [a for a in aliases if a in record.models]
+        return aliases
 
     def deployment_of(self, alias: str) -> Deployment | None:
         return self._router.pick(alias)
 
+    def _route(self, entry: Entry) -> Deployment:
+        """The deployment for this request, noted on its account (403/404 otherwise)."""
+        if entry.record is not None:
+            KeyService.check_model(entry.record, entry.alias)
+        deployment = self._deployment(entry.alias)
+        entry.deployment = deployment.id
+        entry.provider = deployment.provider
+        entry.model = deployment.params.upstream_model
+        entry.price = deployment.price
+        return deployment
+
     async def run(
-        self, op: Operation, body: bytes, headers: Mapping[str, str]
+        self, op: Operation, body: bytes, headers: Mapping[str, str], request_id: str = ""
     ) -> Reply | StreamReply:
         """An OpenAI-shaped request (chat, completions, embeddings) to any deployment."""
         started = time.perf_counter()
         route = ROUTES[op]
         model = "other"
+        entry: Entry | None = None
         self._recorder.started()
         try:
-            self.authenticate(headers)
+            record = await self.caller(headers)
             view = decode_request(op, body)
             model = self._recorder.model_label(view.model)
-            deployment = self._deployment(view.model)
+            entry = Entry(request_id=request_id, alias=view.model, record=record)
+            deployment = self._route(entry)
+            upstream_model = deployment.params.upstream_model
+            await self._ledger.admit(
+                entry,
+                prompt_tokens=lambda: count_usage(view, upstream_model, None).prompt_tokens,
+                max_tokens=_max_tokens(view),
+            )
             stream = bool(getattr(view, "stream", False))
             options = getattr(view, "stream_options", None)
             req = ParsedRequest(
@@ -168,40 +218,47 @@ class Pipeline:
             upstream_req = deployment.adapter.build_request(
                 req, deployment.params, deployment.urls[op], deployment.headers
             )
-            reply_headers = _dropped_header(upstream_req.dropped)
+            reply_headers = {**_dropped_header(upstream_req.dropped), **entry.headers()}
             resp = await self._exchange(deployment, upstream_req, stream)
             if stream:
-                upstream_model = deployment.params.upstream_model
                 relay = self._relay(
                     resp=resp,
                     translator=deployment.adapter.stream_translator(req),
                     count=lambda t: count_usage(view, upstream_model, t),
                     route=route,
                     model=model,
-                    started=started,
+                    entry=entry,
                     error_event=_openai_error_event,
                 )
                 return StreamReply(relay, {**SSE_HEADERS, **reply_headers})
             parsed = deployment.adapter.parse_response(req, await resp.read())
         except BaseException as exc:
-            self._failed(exc, route, model, started)
+            self._failed(exc, route, model, started, entry)
             raise
-        usage = parsed.usage or count_usage(view, deployment.params.upstream_model, None)
-        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
-        self._recorder.finished(route, model, 200, time.perf_counter() - started)
+        usage = parsed.usage or count_usage(view, upstream_model, None)
+        self._succeeded(route, model, entry, usage)
         return Reply(200, parsed.body, {**JSON_HEADERS, **reply_headers})
 
-    async def run_messages(self, body: bytes, headers: Mapping[str, str]) -> Reply | StreamReply:
+    async def run_messages(
+        self, body: bytes, headers: Mapping[str, str], request_id: str = ""
+    ) -> Reply | StreamReply:
         """An Anthropic Messages request: passed through to Anthropic, translated otherwise."""
         started = time.perf_counter()
         route, model = "messages", "other"
+        entry: Entry | None = None
         self._recorder.started()
         try:
-            self.authenticate(headers)
+            record = await self.caller(headers)
             request = anthropic_reverse.decode_messages_request(body)
             model = self._recorder.model_label(request.model)
-            deployment = self._deployment(request.model)
+            entry = Entry(request_id=request_id, alias=request.model, record=record)
+            deployment = self._route(entry)
             upstream_model = deployment.params.upstream_model
+            await self._ledger.admit(
+                entry,
+                prompt_tokens=lambda: _count_messages(body, upstream_model, None).prompt_tokens,
+                max_tokens=request.max_tokens,
+            )
             native = deployment.provider == "anthropic"
             translator: StreamTranslator
             if native:
@@ -221,10 +278,10 @@ class Pipeline:
                     count=lambda t: _count_messages(body, upstream_model, t),
                     route=route,
                     model=model,
-                    started=started,
+                    entry=entry,
                     error_event=anthropic_reverse.anthropic_error_event,
                 )
-                return StreamReply(relay)
+                return StreamReply(relay, {**SSE_HEADERS, **entry.headers()})
             raw = await resp.read()
             usage: Usage | None
             if native:
@@ -232,15 +289,14 @@ class Pipeline:
             else:
                 out, usage = anthropic_reverse.openai_response_to_messages(raw, request.model)
         except BaseException as exc:
-            self._failed(exc, route, model, started)
+            self._failed(exc, route, model, started, entry)
             raise
         usage = usage or _count_messages(body, upstream_model, None)
-        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
-        self._recorder.finished(route, model, 200, time.perf_counter() - started)
-        return Reply(200, out)
+        self._succeeded(route, model, entry, usage)
+        return Reply(200, out, {**JSON_HEADERS, **entry.headers()})
 
-    def count_message_tokens(self, body: bytes, headers: Mapping[str, str]) -> bytes:
-        self.authenticate(headers)
+    async def count_message_tokens(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        await self.caller(headers)
         return anthropic_reverse.count_tokens(body)
 
     def _deployment(self, alias: str) -> Deployment:
@@ -264,9 +320,21 @@ class Pipeline:
             )
         return resp
 
-    def _failed(self, exc: BaseException, route: str, model: str, started: float) -> None:
-        status = exc.status if isinstance(exc, ProxyError) else 500
+    def _succeeded(self, route: str, model: str, entry: Entry, usage: Usage) -> None:
+        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
+        self._recorder.finished(route, model, 200, time.perf_counter() - entry.started)
+        self._ledger.close(entry, status=200, usage=usage)
+
+    def _failed(
+        self, exc: BaseException, route: str, model: str, started: float, entry: Entry | None
+    ) -> None:
+        status = exc.status if isinstance(exc, ProxyError) else CLIENT_CLOSED
+        if not isinstance(exc, ProxyError | asyncio.CancelledError):
+            status = 500
         self._recorder.finished(route, model, status, time.perf_counter() - started)
+        if entry is not None:
+            error_type = exc.type if isinstance(exc, ProxyError) else type(exc).__name__
+            self._ledger.close(entry, status=status, usage=None, error_type=error_type)
 
     async def _relay(
         self,
@@ -276,23 +344,29 @@ class Pipeline:
         count: Callable[[StreamTranslator], Usage],
         route: str,
         model: str,
-        started: float,
+        entry: Entry,
         error_event: Callable[[ProxyError], bytes],
     ) -> AsyncIterator[bytes]:
         """Forward each upstream chunk as it arrives; account once the stream is over."""
         status = CLIENT_CLOSED
+        error_type: str | None = "client_closed"
         try:
             async for data in resp.chunks():
                 out = translator.feed(data)
                 if out:
+                    if entry.first_byte is None:
+                        entry.first_byte = time.perf_counter()
                     yield out
             tail = translator.finish()
             failure = getattr(translator, "error", None)
-            status = failure.status if isinstance(failure, ProxyError) else 200
+            if isinstance(failure, ProxyError):
+                status, error_type = failure.status, failure.type
+            else:
+                status, error_type = 200, None
             if tail:
                 yield tail
         except ProxyError as exc:
-            status = exc.status
+            status, error_type = exc.status, exc.type
             log.warning("stream on %s failed: %s", route, exc.message)
             yield error_event(exc)
         finally:
@@ -300,9 +374,11 @@ class Pipeline:
                 resp.release()
             else:
                 resp.close()  # the upstream sees the request abandoned
+            # Partial streams count too: what was streamed so far was generated and billed.
             usage = translator.account.usage or count(translator)
             self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
-            self._recorder.finished(route, model, status, time.perf_counter() - started)
+            self._recorder.finished(route, model, status, time.perf_counter() - entry.started)
+            self._ledger.close(entry, status=status, usage=usage, error_type=error_type)
 
 
 def count_usage(view: RequestView, model: str, translator: StreamTranslator | None) -> Usage:
@@ -325,6 +401,14 @@ def _count_messages(body: bytes, model: str, translator: StreamTranslator | None
     if translator is not None:
         completion = tokens.count_completion_tokens(translator.completion_text(), model)
     return Usage(prompt, completion, prompt + completion)
+
+
+def _max_tokens(view: RequestView) -> int | None:
+    if isinstance(view, ChatCompletionRequest):
+        return view.max_completion_tokens or view.max_tokens
+    if isinstance(view, CompletionRequest):
+        return view.max_tokens
+    return 0  # embeddings generate nothing
 
 
 def _openai_error_event(exc: ProxyError) -> bytes:

@@ -43,6 +43,46 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics: bool = True
 
 
+class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Keys and usage live in Postgres (``url``, DATABASE_URL) or, without one, SQLite."""
+
+    url: str | None = None
+    sqlite_path: str = "llm-proxy.db"
+    # Connections per worker process: the server needs pool_max x workers x replicas.
+    pool_min: int = 1
+    pool_max: int = 5
+    schema: str | None = None
+    migrate_on_start: bool = True
+
+
+class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Shared limits through Redis (``redis_url``, REDIS_URL); in-process without one."""
+
+    redis_url: str | None = None
+    key_prefix: str = "llm-proxy:"
+    # Past this a Redis call counts as failed and the failure policy applies; the breaker
+    # then skips Redis until a background probe succeeds, so a dead Redis costs it once.
+    timeout_ms: float = 500.0
+    failure_policy: Literal["fail_open", "fail_closed", "local_share"] = "local_share"
+    replicas: int = 1  # processes sharing the limits (pods x workers), for local_share
+    lease_ttl_seconds: float = 600.0
+    token_rate_limit_type: Literal["input", "output", "total"] = "total"
+    default_output_tokens: int = 1024  # TPM/budget estimate when a request sets no max_tokens
+
+
+class KeysSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    cache_ttl_seconds: float = 30.0
+    negative_cache_ttl_seconds: float = 5.0
+
+
+class UsageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    flush_interval_seconds: float = 1.0
+    batch_size: int = 500
+    max_buffered: int = 50_000  # records kept in memory while the database is away
+    spill_dir: str | None = None  # then they go to files here (default: the temp dir)
+
+
 class DeploymentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str
     api_base: str | None = None
@@ -62,6 +102,9 @@ class DeploymentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drop_params: bool = True
     default_max_tokens: int = 4096  # Anthropic requires max_tokens; used when the client omits it
     anthropic_version: str = "2023-06-01"
+    # price overrides, LiteLLM's spelling (USD per token); the bundled table otherwise
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
     # mock provider only
     mock_response: str | None = None
     mock_latency_ms: float = 0.0
@@ -92,6 +135,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model_list: tuple[ModelEntry, ...] = ()
     server: ServerSettings = ServerSettings()
     master_key: str | None = None
+    database: DatabaseSettings = DatabaseSettings()
+    limits: LimitsSettings = LimitsSettings()
+    keys: KeysSettings = KeysSettings()
+    usage: UsageSettings = UsageSettings()
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -100,7 +147,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 # LiteLLM settings we accept without acting on them yet: warn once, do not fail.
 _IGNORED_TOP_LEVEL = ("litellm_settings", "router_settings")
-_GENERAL_SETTINGS_USED = ("master_key",)
+_OUR_SECTIONS = ("model_list", "server", "master_key", "database", "limits", "keys", "usage")
 _DEPLOYMENT_FIELDS = frozenset(DeploymentParams.__struct_fields__)
 _ENTRY_FIELDS = frozenset(ModelEntry.__struct_fields__) | {"litellm_params"}
 
@@ -148,7 +195,7 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
         raise ConfigError("environment_variables: expected a mapping")
     lookup: dict[str, str] = {**{str(k): str(v) for k, v in extra_env.items()}, **env}
     for key, value in raw.items():
-        if key in ("model_list", "server", "master_key"):
+        if key in _OUR_SECTIONS:
             data[key] = value
         elif key == "general_settings":
             _take_general_settings(value, data, warnings)
@@ -172,6 +219,10 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
                 # whose key is not in the environment is left out, loudly, not fatal.
                 warnings.append(f"{exc}; this deployment is disabled")
         data["model_list"] = entries
+    for section, key in (("database", "url"), ("limits", "redis_url")):
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str):
+            part[key] = _resolve(part[key], f"{section}.{key}", lookup)
     if isinstance(data.get("master_key"), str):
         try:
             data["master_key"] = _resolve(data["master_key"], "master_key", lookup)
@@ -184,8 +235,12 @@ def _take_general_settings(value: Any, data: dict[str, Any], warnings: list[str]
     if not isinstance(value, dict):
         raise ConfigError("general_settings: expected a mapping")
     for sub, item in value.items():
-        if sub in _GENERAL_SETTINGS_USED:
+        if sub == "master_key":
             data.setdefault(sub, item)
+        elif sub == "database_url":
+            data.setdefault("database", {}).setdefault("url", item)
+        elif sub == "database_connection_pool_limit":
+            data.setdefault("database", {}).setdefault("pool_max", item)
         else:
             warnings.append(f"general_settings.{sub} is not supported yet and is ignored")
 
@@ -261,6 +316,17 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     master = env.get("LLM_PROXY_MASTER_KEY") or env.get("LITELLM_MASTER_KEY")
     if master:
         data["master_key"] = master
+    for name, section, key in (
+        ("DATABASE_URL", "database", "url"),
+        ("LLM_PROXY_SQLITE_PATH", "database", "sqlite_path"),
+        ("REDIS_URL", "limits", "redis_url"),
+        ("LLM_PROXY_REPLICAS", "limits", "replicas"),
+        ("LLM_PROXY_SPILL_DIR", "usage", "spill_dir"),
+    ):
+        if env.get(name):
+            target = data.setdefault(section, {})
+            if isinstance(target, dict):
+                target[key] = env[name]
 
 
 def _convert(data: dict[str, Any]) -> Settings:
@@ -288,6 +354,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"server.workers: expected 0 (one per core) or more, got {s.workers}")
     if s.max_request_bytes < 1024:
         raise ConfigError("server.max_request_bytes: expected at least 1024")
+    if settings.database.pool_max < 1 or settings.database.pool_min > settings.database.pool_max:
+        raise ConfigError("database.pool_max: expected at least 1 and at least pool_min")
+    if settings.limits.replicas < 1:
+        raise ConfigError("limits.replicas: expected at least 1")
     for i, entry in enumerate(settings.model_list):
         where = f"model_list[{i}]"
         p = entry.params

@@ -9,6 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
+# The real Postgres and Redis, for every test folder (fail under CI=true when missing).
+from tests.integration.conftest import (  # noqa: F401 - fixtures
+    pg_schema,
+    postgres_url,
+    redis_key_prefix,
+    redis_url,
+)
+
 WriteConfig = Callable[[dict[str, Any]], Path]
 
 

@@ -30,7 +30,7 @@ async def messages(request: Request) -> HTTPResponse | None:
     rid = request_id(request)
     try:
         check_content_type(request)
-        result = await context_of(request).pipeline.run_messages(request.body, request.headers)
+        result = await context_of(request).pipeline.run_messages(request.body, request.headers, rid)
     except ProxyError as exc:
         return _error(exc, rid)
     return await send_result(request, result, rid)
@@ -40,7 +40,9 @@ async def count_tokens(request: Request) -> HTTPResponse:
     rid = request_id(request)
     try:
         check_content_type(request)
-        body = context_of(request).pipeline.count_message_tokens(request.body, request.headers)
+        body = await context_of(request).pipeline.count_message_tokens(
+            request.body, request.headers
+        )
     except ProxyError as exc:
         return _error(exc, rid)
     return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")

@@ -52,7 +52,7 @@ def check_content_type(request: Request) -> None:
 async def _forward(request: Request, op: Operation) -> HTTPResponse | None:
     rid = request_id(request)
     check_content_type(request)
-    result = await context_of(request).pipeline.run(op, request.body, request.headers)
+    result = await context_of(request).pipeline.run(op, request.body, request.headers, rid)
     return await send_result(request, result, rid)
 
 
@@ -103,7 +103,7 @@ def _model(ctx: AppContext, alias: str) -> Model:
 async def list_models(request: Request) -> HTTPResponse:
     rid = request_id(request)
     ctx = context_of(request)
-    aliases = ctx.pipeline.allowed_models(request.headers)
+    aliases = await ctx.pipeline.allowed_models(request.headers)
     body = _encoder.encode(ModelList([_model(ctx, a) for a in aliases]))
     return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
 
@@ -111,7 +111,7 @@ async def list_models(request: Request) -> HTTPResponse:
 async def get_model(request: Request, model_id: str) -> HTTPResponse:
     rid = request_id(request)
     ctx = context_of(request)
-    if model_id not in ctx.pipeline.allowed_models(request.headers):
+    if model_id not in await ctx.pipeline.allowed_models(request.headers):
         raise ModelNotFoundError(
             f"The model '{model_id}' does not exist or you do not have access to it.",
             param="model",
@@ -120,35 +120,17 @@ async def get_model(request: Request, model_id: str) -> HTTPResponse:
     return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
 
 
+_ROUTES = (
+    (chat_completions, "/chat/completions", "POST"),
+    (completions, "/completions", "POST"),
+    (embeddings, "/embeddings", "POST"),
+    (list_models, "/models", "GET"),
+    (get_model, "/models/<model_id:path>", "GET"),
+)
+
+
 def register(app: Sanic[Any, Any]) -> None:
     for prefix in ("/v1", ""):
-        app.add_route(
-            chat_completions,
-            f"{prefix}/chat/completions",
-            methods=["POST"],
-            name=f"chat{prefix.replace('/', '_')}",
-        )
-        app.add_route(
-            completions,
-            f"{prefix}/completions",
-            methods=["POST"],
-            name=f"completions{prefix.replace('/', '_')}",
-        )
-        app.add_route(
-            embeddings,
-            f"{prefix}/embeddings",
-            methods=["POST"],
-            name=f"embeddings{prefix.replace('/', '_')}",
-        )
-        app.add_route(
-            list_models,
-            f"{prefix}/models",
-            methods=["GET"],
-            name=f"models{prefix.replace('/', '_')}",
-        )
-        app.add_route(
-            get_model,
-            f"{prefix}/models/<model_id:path>",
-            methods=["GET"],
-            name=f"model{prefix.replace('/', '_')}",
-        )
+        for handler, path, method in _ROUTES:
+            name = handler.__name__ + prefix.replace("/", "_")
+            app.add_route(handler, prefix + path, methods=[method], name=name)

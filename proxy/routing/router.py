@@ -15,6 +15,7 @@ from itertools import accumulate
 from proxy.providers import adapter_for
 from proxy.providers.base import Operation, ProviderAdapter
 from proxy.settings import DeploymentParams, ModelEntry, Settings
+from proxy.usage.prices import Price
 
 
 @dataclass(slots=True)
@@ -28,6 +29,7 @@ class Deployment:
     headers: Mapping[str, str]
     urls: Mapping[Operation, str]
     weight: float
+    price: Price | None  # the deployment's own price, overriding the bundled table
 
     @property
     def provider(self) -> str:
@@ -46,7 +48,18 @@ class Deployment:
             headers=adapter.prepare(params),
             urls={op: adapter.url(op, params) for op in Operation},
             weight=weight,
+            price=_price(params),
         )
+
+
+def _price(params: DeploymentParams) -> Price | None:
+    if params.input_cost_per_token is None and params.output_cost_per_token is None:
+        return None
+    per_million = 1_000_000
+    return Price(
+        input=(params.input_cost_per_token or 0.0) * per_million,
+        output=(params.output_cost_per_token or 0.0) * per_million,
+    )
 
 
 @dataclass(slots=True)

@@ -86,7 +86,13 @@ def run_proxy(
             "--workers",
             str(workers),
         )
-        child_env = {"LLM_PROXY_LOG_LEVEL": "warning", "LLM_PROXY_MASTER_KEY": "", **(env or {})}
+        child_env = {
+            "LLM_PROXY_LOG_LEVEL": "warning",
+            "LLM_PROXY_MASTER_KEY": "",
+            "LLM_PROXY_SQLITE_PATH": str(Path(tmp) / "proxy.db"),
+            "LLM_PROXY_SPILL_DIR": str(Path(tmp) / "spill"),
+            **(env or {}),
+        }
         proc = start_process(argv, env=child_env)
         server = ProxyServer(proc, port)
         try:

@@ -1,0 +1,194 @@
+"""The Ledger: a request's limits before the call and its usage record after it.
+
+Before the upstream call, a virtual key's limits are admitted in one limiter round trip:
+an RPM slot, a TPM reservation of the estimated tokens (prompt counted with tiktoken plus
+``max_tokens`` or a default) and a budget reservation of the estimated cost. After the
+call, ``close`` settles the reservation with the real usage (or releases it when the call
+failed or was cancelled) and hands exactly one ``UsageRecord`` to the spend writer. Both
+happen off the client's critical path: the settle runs as a background task and the
+record goes into the writer's in-memory queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from proxy.limits import Admission, Limiter, Limits
+from proxy.store import KeyRecord, UsageRecord
+from proxy.usage.budget import parse_duration
+from proxy.usage.prices import Price, PriceTable
+from proxy.usage.writer import SpendWriter
+from proxy.wire.openai import Usage
+
+log = logging.getLogger("llm_proxy")
+_MONTH_SECONDS = 30 * 86_400  # the limiter's budget windows are fixed lengths
+
+
+@dataclass(slots=True)
+class Entry:
+    """One request's open account."""
+
+    request_id: str
+    alias: str
+    record: KeyRecord | None
+    deployment: str | None = None
+    provider: str | None = None
+    model: str | None = None  # the upstream model, for pricing
+    price: Price | None = None
+    admission: Admission | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None
+    closed: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return self.admission.headers() if self.admission is not None else {}
+
+
+def limits_of(record: KeyRecord) -> Limits | None:
+    if (
+        record.rpm_limit is None
+        and record.tpm_limit is None
+        and record.max_parallel_requests is None
+        and record.max_budget is None
+    ):
+        return None
+    duration = None
+    if record.budget_duration:
+        span = parse_duration(record.budget_duration)
+        duration = float(span.months * _MONTH_SECONDS + span.seconds)
+    anchor = record.created_at.timestamp() if record.created_at else 0.0
+    return Limits(
+        rpm_limit=record.rpm_limit,
+        tpm_limit=record.tpm_limit,
+        max_parallel_requests=record.max_parallel_requests,
+        max_budget=record.max_budget,
+        budget_duration=duration,
+        budget_anchor=anchor,
+    )
+
+
+class Ledger:
+    def __init__(
+        self,
+        limiter: Limiter | None,
+        writer: SpendWriter | None,
+        prices: PriceTable,
+        *,
+        default_output_tokens: int = 1024,
+    ) -> None:
+        self._limiter = limiter
+        self._writer = writer
+        self._prices = prices
+        self._default_output = default_output_tokens
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def admit(
+        self,
+        entry: Entry,
+        *,
+        prompt_tokens: Callable[[], int],
+        max_tokens: int | None,
+    ) -> None:
+        """Take the key's limits for this request; 429 (or 503) when it may not run now."""
+        record = entry.record
+        if record is None or self._limiter is None:
+            return
+        limits = limits_of(record)
+        if limits is None:
+            return
+        tokens = cost = 0.0
+        if limits.tpm_limit is not None or limits.max_budget is not None:
+            prompt = prompt_tokens()
+            output = self._default_output if max_tokens is None else max_tokens
+            tokens = prompt + output
+            cost = self._cost(entry, prompt, output, 0)
+        entry.admission = await self._limiter.admit(
+            record.token_hash,
+            limits,
+            estimated_tokens=int(tokens),
+            estimated_cost=cost,
+            request_id=entry.request_id,
+        )
+
+    def close(
+        self,
+        entry: Entry,
+        *,
+        status: int,
+        usage: Usage | None,
+        error_type: str | None = None,
+        cache_hit: bool = False,
+    ) -> None:
+        """Settle or release the reservation and record the request, exactly once."""
+        if entry.closed:
+            return
+        entry.closed = True
+        prompt = usage.prompt_tokens if usage else 0
+        completion = usage.completion_tokens if usage else 0
+        cached = (
+            usage.prompt_tokens_details.cached_tokens or 0
+            if usage and usage.prompt_tokens_details
+            else 0
+        )
+        cost = 0.0 if cache_hit else self._cost(entry, prompt, completion, cached)
+        if entry.admission is not None and self._limiter is not None:
+            if usage is not None:
+                settle = self._limiter.settle(
+                    entry.admission, actual_tokens=prompt + completion, actual_cost=cost
+                )
+            else:
+                settle = self._limiter.release(entry.admission)
+            self._background(settle)
+        if self._writer is None:
+            return
+        now = time.perf_counter()
+        self._writer.submit(
+            UsageRecord(
+                request_id=entry.request_id,
+                started_at=entry.started_at,
+                ended_at=datetime.now(UTC),
+                model=entry.alias,
+                token_hash=entry.record.token_hash if entry.record else None,
+                key_alias=entry.record.key_alias if entry.record else None,
+                user_id=entry.record.user_id if entry.record else None,
+                team_id=entry.record.team_id if entry.record else None,
+                deployment=entry.deployment,
+                provider=entry.provider,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+                cached_tokens=cached,
+                cost_usd=cost,
+                latency_ms=(now - entry.started) * 1000,
+                ttft_ms=(entry.first_byte - entry.started) * 1000 if entry.first_byte else None,
+                status=status,
+                error_type=error_type,
+                cache_hit=cache_hit,
+            )
+        )
+
+    def _cost(self, entry: Entry, prompt: int, completion: int, cached: int) -> float:
+        if entry.model is None:
+            return 0.0
+        return self._prices.cost_usd(entry.model, prompt, completion, cached, entry.price)
+
+    def _background(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("settling a rate-limit reservation failed")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,196 @@
+"""KeyService: virtual keys for requests (authenticate) and for the admin API (CRUD).
+
+The request path reads only the local cache (see cache.py); the admin path writes the
+store, drops the key from this worker's cache and publishes the change so every other
+worker and replica drops it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from proxy.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+from proxy.keys.cache import KeyCache
+from proxy.keys.secrets import display_name, generate_key, hash_key, token_hash_of
+from proxy.store import DatabaseUnavailableError, KeyRecord, Store
+from proxy.usage.budget import next_reset, parse_duration
+from proxy.wire.admin import GenerateKeyRequest, UpdateKeyRequest
+
+Publish = Callable[[str], Awaitable[bool]]
+_LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "max_parallel_requests", "max_budget")
+
+
+class KeyService:
+    def __init__(self, store: Store, cache: KeyCache, publish: Publish | None = None) -> None:
+        self.store = store
+        self.cache = cache
+        self._publish = publish
+
+    # -- the request path ---------------------------------------------------------------
+    async def authenticate(self, raw_key: str) -> KeyRecord:
+        """The key's record, or 401 (unknown, blocked, expired) / 503 (database away)."""
+        token_hash = hash_key(raw_key)
+        present, record, fresh = self.cache.get(token_hash)
+        if not (present and fresh):
+            try:
+                record = await self.store.get_key(token_hash)
+            except DatabaseUnavailableError as exc:
+                if not present:
+                    raise ServiceUnavailableError(
+                        "The key store is unavailable; unknown keys cannot be checked now.",
+                        retry_after=5,
+                    ) from exc
+                # Known (or known-unknown) key: the last answer stands until the store is back.
+            else:
+                self.cache.put(token_hash, record)
+        if record is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        if record.blocked:
+            raise AuthenticationError("This API key is blocked.", code="key_blocked")
+        if record.expires is not None and record.expires <= datetime.now(UTC):
+            raise AuthenticationError("This API key has expired.", code="key_expired")
+        return record
+
+    @staticmethod
+    def check_model(record: KeyRecord, alias: str) -> None:
+        if record.models and alias not in record.models:
+            raise PermissionDeniedError(
+                f"This key may not use the model '{alias}'.",
+                param="model",
+                code="model_not_allowed",
+            )
+
+    def invalidate(self, token_hash: str) -> None:
+        self.cache.invalidate(token_hash)
+
+    # -- the admin path -----------------------------------------------------------------
+    async def generate(self, req: GenerateKeyRequest) -> tuple[str, KeyRecord]:
+        raw = req.key or generate_key()
+        if len(raw) < 8:
+            raise InvalidRequestError("A custom key needs at least 8 characters.", param="key")
+        now = datetime.now(UTC)
+        record = KeyRecord(
+            token_hash=hash_key(raw),
+            key_alias=req.key_alias,
+            key_name=display_name(raw),
+            models=tuple(req.models),
+            max_budget=req.max_budget,
+            budget_duration=_check_duration(req.budget_duration, "budget_duration"),
+            budget_reset_at=next_reset(now, req.budget_duration) if req.budget_duration else None,
+            rpm_limit=req.rpm_limit,
+            tpm_limit=req.tpm_limit,
+            max_parallel_requests=req.max_parallel_requests,
+            expires=_expires(now, req.duration),
+            metadata=req.metadata,
+            user_id=req.user_id,
+            team_id=req.team_id,
+            blocked=req.blocked,
+        )
+        _check_limits(record)
+        return raw, await self.store.insert_key(record)
+
+    async def info(self, key: str) -> KeyRecord:
+        record = await self.store.get_key(token_hash_of(key))
+        if record is None:
+            raise NotFoundError("No such key.", param="key", code="key_not_found")
+        return record
+
+    async def update(self, req: UpdateKeyRequest) -> KeyRecord:
+        token_hash = token_hash_of(req.key)
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in msgspec.structs.asdict(req).items()
+            if value is not None and name not in ("key", "duration")
+        }
+        if "models" in changes:
+            changes["models"] = tuple(changes["models"])
+        if req.budget_duration is not None:
+            _check_duration(req.budget_duration, "budget_duration")
+            changes["budget_reset_at"] = next_reset(datetime.now(UTC), req.budget_duration)
+        if req.duration is not None:
+            changes["expires"] = _expires(datetime.now(UTC), req.duration)
+        for name in _LIMIT_FIELDS:
+            if name in changes and changes[name] < 0:
+                raise InvalidRequestError(f"'{name}' must not be negative.", param=name)
+        record = await self.store.update_key(token_hash, **changes)
+        if record is None:
+            raise NotFoundError("No such key.", param="key", code="key_not_found")
+        await self._changed(token_hash)
+        return record
+
+    async def set_blocked(self, key: str, blocked: bool) -> KeyRecord:
+        return await self.update(UpdateKeyRequest(key=key, blocked=blocked))
+
+    async def delete(self, keys: list[str], aliases: list[str]) -> list[str]:
+        hashes = [token_hash_of(k) for k in keys]
+        if aliases:
+            wanted = set(aliases)
+            hashes += [r.token_hash for r in await self._all() if r.key_alias in wanted]
+        deleted = []
+        for token_hash in dict.fromkeys(hashes):
+            if await self.store.delete_key(token_hash):
+                deleted.append(token_hash)
+                await self._changed(token_hash)
+        return deleted
+
+    async def regenerate(self, key: str) -> tuple[str, KeyRecord]:
+        old = token_hash_of(key)
+        raw = generate_key()
+        record = await self.store.replace_key_hash(old, hash_key(raw), key_name=display_name(raw))
+        if record is None:
+            raise NotFoundError("No such key.", param="key", code="key_not_found")
+        await self._changed(old)
+        return raw, record
+
+    async def list_keys(
+        self, *, user_id: str | None, team_id: str | None, limit: int, offset: int
+    ) -> list[KeyRecord]:
+        return await self.store.list_keys(
+            user_id=user_id, team_id=team_id, limit=limit, offset=offset
+        )
+
+    async def _all(self) -> list[KeyRecord]:
+        out: list[KeyRecord] = []
+        while page := await self.store.list_keys(limit=500, offset=len(out)):
+            out += page
+        return out
+
+    async def _changed(self, token_hash: str) -> None:
+        self.cache.invalidate(token_hash)
+        if self._publish is not None:
+            await self._publish(token_hash)
+
+
+def _check_duration(text: str | None, param: str) -> str | None:
+    if text is None:
+        return None
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"'{param}' must look like 30s, 5m, 1h, 30d or 1mo; got {text!r}.", param=param
+        ) from exc
+    return text
+
+
+def _expires(now: datetime, duration: str | None) -> datetime | None:
+    if duration is None:
+        return None
+    return now + parse_duration(_check_duration(duration, "duration") or "")
+
+
+def _check_limits(record: KeyRecord) -> None:
+    for name in _LIMIT_FIELDS:
+        value = getattr(record, name)
+        if value is not None and value < 0:
+            raise InvalidRequestError(f"'{name}' must not be negative.", param=name)

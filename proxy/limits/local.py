@@ -1,0 +1,200 @@
+"""``LocalLimiter``: the limiter's semantics with in-process counters.
+
+Used alone when no Redis is configured (one process enforces the whole limit) and by
+``RateLimiter`` as the ``local_share`` fallback (each replica enforces its share). The same
+algorithm as the Redis scripts (see scripts.py): an exact sliding window of admission times
+for RPM and TPM, leases with an expiry for parallel requests and budget reservations, and
+budget windows keyed by their start. Nothing here awaits, so each call is atomic on the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from proxy.limits.model import Admission, Limits, check_request, counted_tokens, denial, to_nano
+from proxy.limits.settings import TokenCounting
+
+
+class _Lease:
+    __slots__ = ("cost", "expires", "window")
+
+    def __init__(self, expires: float, cost: int, window: int) -> None:
+        self.expires = expires
+        self.cost = cost
+        self.window = window
+
+
+class _Subject:
+    __slots__ = ("budgets", "leases", "token_sum", "tokens", "window")
+
+    def __init__(self) -> None:
+        self.window: deque[tuple[float, str]] = deque()  # (admitted at, request id), oldest first
+        self.tokens: dict[str, int] = {}  # request id -> tokens charged while in the window
+        self.token_sum = 0
+        self.leases: dict[str, _Lease] = {}
+        self.budgets: dict[int, list[int]] = {}  # window start -> [spend, reserved] (nano-USD)
+
+
+class LocalLimiter:
+    """In-process ``Limiter``; ``clock`` is injectable so tests can roll windows over."""
+
+    def __init__(
+        self,
+        *,
+        lease_ttl_seconds: float = 600.0,
+        token_rate_limit_type: TokenCounting = "total",
+        window_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._lease_ttl = lease_ttl_seconds
+        self._token_kind: TokenCounting = token_rate_limit_type
+        self._window = window_seconds
+        self._clock = clock
+        self._subjects: dict[str, _Subject] = {}
+
+    @property
+    def degraded(self) -> bool:
+        return False
+
+    def counted_tokens(self, input_tokens: int, output_tokens: int) -> int:
+        return counted_tokens(self._token_kind, input_tokens, output_tokens)
+
+    async def admit(
+        self,
+        subject: str,
+        limits: Limits,
+        *,
+        estimated_tokens: int,
+        estimated_cost: float,
+        request_id: str,
+    ) -> Admission:
+        return self.admit_now(
+            subject,
+            limits,
+            estimated_tokens=estimated_tokens,
+            estimated_cost=estimated_cost,
+            request_id=request_id,
+        )
+
+    def admit_now(
+        self,
+        subject: str,
+        limits: Limits,
+        *,
+        estimated_tokens: int,
+        estimated_cost: float,
+        request_id: str,
+    ) -> Admission:
+        """``admit`` without the coroutine, for callers already holding the loop."""
+        check_request(estimated_tokens, estimated_cost, request_id)
+        now = self._clock()
+        state = self._subjects.get(subject)
+        if state is None:
+            state = self._subjects[subject] = _Subject()
+        self._prune(state, now, limits)
+        cost = to_nano(estimated_cost)
+        tokens = estimated_tokens if limits.tpm_limit is not None else 0
+        start, end = limits.budget_window(now)
+        budget = state.budgets.setdefault(start, [0, 0])
+
+        # Check everything first; take nothing unless all pass.
+        count = len(state.window)
+        if limits.rpm_limit is not None and count + 1 > limits.rpm_limit:
+            index = count - limits.rpm_limit
+            frees = state.window[index][0] + self._window - now if index < count else self._window
+            raise denial("requests", limits, frees)
+        if limits.tpm_limit is not None and state.token_sum + tokens > limits.tpm_limit:
+            raise denial("tokens", limits, self._tokens_free_in(state, tokens, limits, now))
+        if limits.max_parallel_requests is not None and (
+            len(state.leases) >= limits.max_parallel_requests
+        ):
+            raise denial("parallel_requests", limits, 1.0)
+        if limits.max_budget is not None and sum(budget) + cost > to_nano(limits.max_budget):
+            raise denial("budget", limits, None if end is None else end / 1000 - now)
+
+        if limits.windowed:
+            state.window.append((now, request_id))
+            if tokens:
+                state.tokens[request_id] = tokens
+                state.token_sum += tokens
+        if limits.leased:
+            state.leases[request_id] = _Lease(now + self._lease_ttl, cost, start)
+            budget[1] += cost
+        oldest_reset = state.window[0][0] + self._window - now if state.window else 0.0
+        return Admission(
+            subject,
+            request_id,
+            limits,
+            "local",
+            tokens=tokens,
+            cost_nano=cost if limits.max_budget is not None else 0,
+            budget_window=start,
+            remaining_requests=(limits.rpm_limit or 0) - len(state.window),
+            remaining_tokens=(limits.tpm_limit or 0) - state.token_sum,
+            reset_requests=oldest_reset,
+            reset_tokens=oldest_reset,
+        )
+
+    async def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
+        self.finish(admission, actual_tokens, to_nano(actual_cost))
+
+    async def release(self, admission: Admission) -> None:
+        self.finish(admission, 0, 0)
+
+    def finish(self, admission: Admission, tokens: int, cost: int) -> None:
+        """Swap the reservations for actual use (zero for a release) and free the lease."""
+        if admission.done:
+            return
+        admission.done = True
+        state = self._subjects.get(admission.subject)
+        if state is None:
+            return
+        limits = admission.limits
+        if limits.tpm_limit is not None and admission.request_id in state.tokens:
+            # Still in the window: the actual tokens replace the estimate.
+            state.token_sum += tokens - state.tokens[admission.request_id]
+            state.tokens[admission.request_id] = tokens
+        lease = state.leases.pop(admission.request_id, None)
+        if limits.max_budget is not None:
+            budget = state.budgets.setdefault(admission.budget_window, [0, 0])
+            if lease is not None:
+                budget[1] -= lease.cost
+            budget[0] += cost
+
+    async def renew(self, admission: Admission) -> bool:
+        if not admission.limits.leased:
+            return not admission.done  # nothing expires
+        state = self._subjects.get(admission.subject)
+        lease = None if state is None else state.leases.get(admission.request_id)
+        if lease is None or admission.done:
+            return False
+        lease.expires = self._clock() + self._lease_ttl
+        return True
+
+    async def aclose(self) -> None:
+        self._subjects.clear()
+
+    def _prune(self, state: _Subject, now: float, limits: Limits) -> None:
+        cutoff = now - self._window
+        while state.window and state.window[0][0] <= cutoff:
+            _, request_id = state.window.popleft()
+            state.token_sum -= state.tokens.pop(request_id, 0)
+        current, _ = limits.budget_window(now)
+        for request_id, lease in list(state.leases.items()):
+            if lease.expires <= now:
+                del state.leases[request_id]
+                if lease.window in state.budgets:
+                    state.budgets[lease.window][1] -= lease.cost
+        if len(state.budgets) > 1:  # windows past are closed; only the current one counts
+            state.budgets = {k: v for k, v in state.budgets.items() if k >= current}
+
+    def _tokens_free_in(self, state: _Subject, tokens: int, limits: Limits, now: float) -> float:
+        """Seconds until enough tokens leave the window for ``tokens`` more to fit."""
+        excess = state.token_sum + tokens - (limits.tpm_limit or 0)
+        for admitted, request_id in state.window:
+            excess -= state.tokens.get(request_id, 0)
+            if excess <= 0:
+                return admitted + self._window - now
+        return self._window  # larger than the limit itself: never fits

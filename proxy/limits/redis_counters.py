@@ -1,0 +1,165 @@
+"""``RedisCounters``: the Redis half of ``RateLimiter``, one EVALSHA per call.
+
+It owns nothing but the scripts and key names; every redis-py error (and a call slower than
+the timeout) becomes ``LimiterUnavailableError`` here, so the library's errors never leave
+the edge. Denials come back as ``Denied`` values: the caller decides what to cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, NamedTuple
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy.limits import scripts
+from proxy.limits.model import Admission, LimitKind, Limits, to_nano
+
+# A budget window's counters outlive the window by the lease TTL plus this, so requests
+# admitted at its very end can still settle into it.
+_BUDGET_GRACE_MS: Final = 60_000
+
+Script = Callable[..., Awaitable[Any]]
+
+
+class LimiterUnavailableError(Exception):
+    """Redis did not answer (refused, reset, timed out, or replied with an error)."""
+
+
+class Denied(NamedTuple):
+    kind: LimitKind
+    retry_after: float | None  # seconds until this request could pass
+    block_for: float | None  # seconds every request of the subject will be denied, if known
+
+
+_MAX_IN_FLIGHT = 16  # concurrent limiter calls per process (and so pooled connections)
+
+
+class RedisCounters:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        key_prefix: str,
+        timeout: float,
+        lease_ttl_seconds: float,
+        window_seconds: float,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._lease_ttl_ms = round(lease_ttl_seconds * 1000)
+        self._window_ms = round(window_seconds * 1000)
+        self._admit: Script = client.register_script(scripts.ADMIT)
+        self._finish: Script = client.register_script(scripts.FINISH)
+        self._renew: Script = client.register_script(scripts.RENEW)
+        # A burst queues here, outside the timed section: the timeout measures Redis, not
+        # this process's own backlog (which once tripped the breaker under a 100-request burst).
+        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+
+    def keys(self, subject: str, budget_window: int) -> list[str]:
+        base = f"{self._prefix}{{{subject}}}:"
+        return [
+            base + "req",
+            base + "tok",
+            base + "tpm",
+            base + "lease",
+            base + "res",
+            f"{base}budget:{budget_window}",
+        ]
+
+    async def admit(
+        self,
+        subject: str,
+        limits: Limits,
+        *,
+        estimated_tokens: int,
+        estimated_cost: float,
+        request_id: str,
+    ) -> Admission | Denied:
+        now = time.time()
+        start, end = limits.budget_window(now)
+        tokens = estimated_tokens if limits.tpm_limit is not None else 0
+        cost = to_nano(estimated_cost) if limits.max_budget is not None else 0
+        args = (
+            request_id,
+            self._window_ms,
+            _or_none(limits.rpm_limit),
+            _or_none(limits.tpm_limit),
+            tokens,
+            _or_none(limits.max_parallel_requests),
+            self._lease_ttl_ms,
+            -1 if limits.max_budget is None else to_nano(limits.max_budget),
+            cost,
+            start,
+            self._budget_expiry(end),
+        )
+        reply = await self._call(self._admit, self.keys(subject, start), args)
+        if reply[0] == 0:
+            kind: LimitKind = reply[1].decode()
+            if kind == "budget":
+                until_end = None if end is None else end / 1000 - now
+                # Spend alone at the budget: nothing passes before the window ends.
+                block = (until_end or 60.0) if reply[3] > 0 else None
+                return Denied(kind, until_end, block)
+            return Denied(kind, reply[2] / 1000, reply[3] / 1000 if reply[3] >= 0 else None)
+        _, count, used, reset_ms, committed = reply
+        return Admission(
+            subject,
+            request_id,
+            limits,
+            "redis",
+            tokens=tokens,
+            cost_nano=cost,
+            budget_window=start,
+            remaining_requests=(limits.rpm_limit or 0) - count,
+            remaining_tokens=(limits.tpm_limit or 0) - used,
+            reset_requests=reset_ms / 1000,
+            reset_tokens=reset_ms / 1000,
+            committed_nano=committed,
+        )
+
+    async def finish(self, admission: Admission, tokens: int, cost: int) -> None:
+        """Settle (actual use) or release (zeros) an admission made here."""
+        limits = admission.limits
+        _, end = limits.budget_window(admission.budget_window / 1000)
+        args = (
+            admission.request_id,
+            tokens if limits.tpm_limit is not None else 0,
+            cost if limits.max_budget is not None else 0,
+            int(limits.tpm_limit is not None),
+            int(limits.leased),
+            int(limits.max_budget is not None),
+            self._budget_expiry(end),
+        )
+        await self._call(self._finish, self.keys(admission.subject, admission.budget_window), args)
+
+    async def renew(self, admission: Admission) -> bool:
+        base = f"{self._prefix}{{{admission.subject}}}:"
+        keys = [base + "lease", base + "res"]
+        reply = await self._call(self._renew, keys, (admission.request_id, self._lease_ttl_ms))
+        return bool(reply)
+
+    async def ping(self) -> None:
+        await self._call(None, (), ())
+
+    def _budget_expiry(self, end: int | None) -> int:
+        return 0 if end is None else end + self._lease_ttl_ms + _BUDGET_GRACE_MS
+
+    async def _call(
+        self, script: Script | None, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        try:
+            async with self._slots, asyncio.timeout(self._timeout):
+                if script is None:
+                    return await self._client.ping()
+                return await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise LimiterUnavailableError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def _or_none(limit: int | None) -> int:
+    return -1 if limit is None else limit

@@ -1,0 +1,170 @@
+"""The schema, as numbered migrations with one script per dialect.
+
+A migration is applied once: ``schema_migrations`` records each applied version, and both
+backends run the pending ones inside a transaction that holds a database-wide lock
+(PostgreSQL: ``pg_advisory_xact_lock``; SQLite: ``BEGIN IMMEDIATE``), so replicas that
+start together apply each migration exactly once and the losers find the work done.
+Never edit a released migration; append a new one.
+
+Money is ``numeric(20, 10)`` in PostgreSQL (exact sums, sub-nano-dollar precision) and
+``REAL`` in SQLite. SQLite stores timestamps as fixed-width UTC text
+("YYYY-MM-DD HH:MM:SS.ffffff"), which sorts and slices (``substr(.., 1, 10)`` is the day)
+like the instant it names.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    postgres: tuple[str, ...]
+    sqlite: tuple[str, ...]
+
+
+POSTGRES_LEDGER: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+SQLITE_LEDGER: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+)"""
+
+_V1_POSTGRES: Final = (
+    """
+    CREATE TABLE virtual_keys (
+        token_hash text PRIMARY KEY,
+        key_alias text UNIQUE,
+        key_name text,
+        models jsonb NOT NULL DEFAULT '[]',
+        max_budget numeric(20, 10),
+        budget_duration text,
+        budget_reset_at timestamptz,
+        rpm_limit bigint,
+        tpm_limit bigint,
+        max_parallel_requests integer,
+        expires timestamptz,
+        metadata jsonb NOT NULL DEFAULT '{}',
+        user_id text,
+        team_id text,
+        blocked boolean NOT NULL DEFAULT false,
+        spend numeric(20, 10) NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX virtual_keys_user_id_idx ON virtual_keys (user_id)",
+    "CREATE INDEX virtual_keys_team_id_idx ON virtual_keys (team_id)",
+    """CREATE INDEX virtual_keys_budget_reset_at_idx ON virtual_keys (budget_reset_at)
+       WHERE budget_reset_at IS NOT NULL""",
+    """
+    CREATE TABLE usage_records (
+        request_id text PRIMARY KEY,
+        started_at timestamptz NOT NULL,
+        ended_at timestamptz NOT NULL,
+        model text NOT NULL,
+        token_hash text,
+        key_alias text,
+        user_id text,
+        team_id text,
+        deployment text,
+        provider text,
+        prompt_tokens integer NOT NULL DEFAULT 0,
+        completion_tokens integer NOT NULL DEFAULT 0,
+        total_tokens integer NOT NULL DEFAULT 0,
+        cached_tokens integer NOT NULL DEFAULT 0,
+        cost_usd numeric(20, 10) NOT NULL DEFAULT 0,
+        latency_ms double precision NOT NULL DEFAULT 0,
+        ttft_ms double precision,
+        status integer NOT NULL,
+        error_type text,
+        cache_hit boolean NOT NULL DEFAULT false
+    )""",
+    "CREATE INDEX usage_records_key_time_idx ON usage_records (token_hash, started_at)",
+    "CREATE INDEX usage_records_model_time_idx ON usage_records (model, started_at)",
+    "CREATE INDEX usage_records_time_idx ON usage_records (started_at)",
+)
+
+_V1_SQLITE: Final = (
+    """
+    CREATE TABLE virtual_keys (
+        token_hash TEXT PRIMARY KEY,
+        key_alias TEXT UNIQUE,
+        key_name TEXT,
+        models TEXT NOT NULL DEFAULT '[]',
+        max_budget REAL,
+        budget_duration TEXT,
+        budget_reset_at TEXT,
+        rpm_limit INTEGER,
+        tpm_limit INTEGER,
+        max_parallel_requests INTEGER,
+        expires TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        user_id TEXT,
+        team_id TEXT,
+        blocked INTEGER NOT NULL DEFAULT 0,
+        spend REAL NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX virtual_keys_user_id_idx ON virtual_keys (user_id)",
+    "CREATE INDEX virtual_keys_team_id_idx ON virtual_keys (team_id)",
+    """CREATE INDEX virtual_keys_budget_reset_at_idx ON virtual_keys (budget_reset_at)
+       WHERE budget_reset_at IS NOT NULL""",
+    """
+    CREATE TABLE usage_records (
+        request_id TEXT PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        ended_at TEXT NOT NULL,
+        model TEXT NOT NULL,
+        token_hash TEXT,
+        key_alias TEXT,
+        user_id TEXT,
+        team_id TEXT,
+        deployment TEXT,
+        provider TEXT,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        latency_ms REAL NOT NULL DEFAULT 0,
+        ttft_ms REAL,
+        status INTEGER NOT NULL,
+        error_type TEXT,
+        cache_hit INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX usage_records_key_time_idx ON usage_records (token_hash, started_at)",
+    "CREATE INDEX usage_records_model_time_idx ON usage_records (model, started_at)",
+    "CREATE INDEX usage_records_time_idx ON usage_records (started_at)",
+)
+
+MIGRATIONS: Final = (Migration(1, "virtual keys and usage records", _V1_POSTGRES, _V1_SQLITE),)
+LATEST_VERSION: Final = MIGRATIONS[-1].version
+
+# The per-connection staging table for usage batches (PostgreSQL COPY target; SQLite bulk
+# insert target). Temporary, so each connection has its own and nothing needs migrating.
+POSTGRES_STAGING: Final = """
+CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
+    request_id text, started_at timestamptz, ended_at timestamptz, model text,
+    token_hash text, key_alias text, user_id text, team_id text, deployment text,
+    provider text, prompt_tokens integer, completion_tokens integer, total_tokens integer,
+    cached_tokens integer, cost_usd numeric(20, 10), latency_ms double precision,
+    ttft_ms double precision, status integer, error_type text, cache_hit boolean
+) ON COMMIT DELETE ROWS"""
+
+SQLITE_STAGING: Final = """
+CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
+    request_id TEXT, started_at TEXT, ended_at TEXT, model TEXT, token_hash TEXT,
+    key_alias TEXT, user_id TEXT, team_id TEXT, deployment TEXT, provider TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+    cached_tokens INTEGER, cost_usd REAL, latency_ms REAL, ttft_ms REAL, status INTEGER,
+    error_type TEXT, cache_hit INTEGER
+)"""

@@ -1,0 +1,356 @@
+"""``SqliteStore``: the embedded store, one SQLite file in WAL mode through aiosqlite.
+
+One connection per store (per worker process). aiosqlite runs it on its own thread; an
+``asyncio.Lock`` keeps one operation, and so one transaction, on it at a time. Several
+worker processes may share the file: WAL lets readers run beside the one writer, and
+``busy_timeout`` makes a writer wait for the lock instead of failing at once. Writes that
+read-then-write (migrations, usage batches) start with ``BEGIN IMMEDIATE`` so they take the
+write lock before reading. ``synchronous=NORMAL``: in WAL mode a commit survives a process
+crash; a power cut may lose the last transactions. Needs SQLite 3.35+ (``RETURNING``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn, Self
+
+import aiosqlite
+import msgspec
+
+from proxy.errors import ProxyError
+from proxy.store.base import (
+    GroupBy,
+    check_group_by,
+    checked_update,
+    per_request_unique,
+    summary_row,
+    utc,
+)
+from proxy.store.errors import DatabaseError, DatabaseUnavailableError, KeyExistsError
+from proxy.store.records import KEY_COLUMNS, USAGE_COLUMNS, KeyRecord, UsageRecord
+from proxy.store.schema import MIGRATIONS, SQLITE_LEDGER, SQLITE_STAGING
+
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_KEY_SELECT = ", ".join(KEY_COLUMNS)
+_USAGE_LIST = ", ".join(USAGE_COLUMNS)
+_KEY_TIMES = frozenset({"budget_reset_at", "expires", "created_at", "updated_at"})
+# Primary result codes after which a later retry can succeed.
+_TRANSIENT = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+_UNIQUE = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
+
+_SUMMARY_GROUPS: dict[str, str] = {
+    "day": "substr(started_at, 1, 10)",
+    "model": "model",
+    "key": "token_hash, max(key_alias)",
+}
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+class SqliteStore:
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        self._path = path
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            self._closed = True
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    async def _open(self) -> aiosqlite.Connection:
+        if self._closed:
+            raise DatabaseUnavailableError("the database store is closed")
+        if self._db is None:
+            await asyncio.to_thread(_make_parent_folder, self._path)
+            db = await aiosqlite.connect(self._path, isolation_level=None)
+            try:
+                # busy_timeout first: switching to WAL needs a lock another process may hold.
+                await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                await self._enable_wal(db)
+                await db.execute("PRAGMA synchronous = NORMAL")
+                await db.execute(SQLITE_STAGING)
+            except BaseException:
+                await db.close()
+                raise
+            self._db = db
+        return self._db
+
+    async def _enable_wal(self, db: aiosqlite.Connection) -> None:
+        """Switch to WAL, retrying while another process holds the lock: SQLite does not
+        apply busy_timeout to this switch when a new file is opened by many at once."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                yield await self._open()
+            except ProxyError:
+                raise
+            except Exception as exc:
+                _raise_mapped(exc)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction that holds the database's write lock from its first line."""
+        async with self._connection() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def ping(self) -> None:
+        async with self._connection() as db:
+            await db.execute_fetchall("SELECT 1")
+
+    async def migrate(self) -> int:
+        async with self._transaction() as db:
+            await db.execute(SQLITE_LEDGER)
+            rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
+            applied: set[int] = {row[0] for row in rows}
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                for statement in migration.sqlite:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                    (migration.version, migration.name),
+                )
+                applied.add(migration.version)
+            return max(applied)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    async def insert_key(self, rec: KeyRecord) -> KeyRecord:
+        now = datetime.now(UTC)
+        rec = msgspec.structs.replace(rec, created_at=rec.created_at or now, updated_at=now)
+        values = [_encode(getattr(rec, name)) for name in KEY_COLUMNS]
+        marks = ", ".join("?" * len(values))
+        sql = f"INSERT INTO virtual_keys ({_KEY_SELECT}) VALUES ({marks}) RETURNING {_KEY_SELECT}"
+        async with self._connection() as db:
+            rows = await _unique_checked(db.execute_fetchall(sql, values), "hash or alias")
+        return _key_record(next(iter(rows)))
+
+    async def get_key(self, token_hash: str) -> KeyRecord | None:
+        sql = f"SELECT {_KEY_SELECT} FROM virtual_keys WHERE token_hash = ?"
+        async with self._connection() as db:
+            rows = await db.execute_fetchall(sql, (token_hash,))
+        return _first_key(rows)
+
+    async def update_key(self, token_hash: str, **fields: Any) -> KeyRecord | None:
+        fields = checked_update(fields)
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        sql = f"UPDATE virtual_keys SET {sets} WHERE token_hash = ? RETURNING {_KEY_SELECT}"
+        values = [_encode(value) for value in fields.values()]
+        async with self._connection() as db:
+            rows = await _unique_checked(db.execute_fetchall(sql, [*values, token_hash]), "alias")
+        return _first_key(rows)
+
+    async def delete_key(self, token_hash: str) -> bool:
+        sql = "DELETE FROM virtual_keys WHERE token_hash = ? RETURNING 1"
+        async with self._connection() as db:
+            return bool(list(await db.execute_fetchall(sql, (token_hash,))))
+
+    async def list_keys(
+        self,
+        *,
+        user_id: str | None = None,
+        team_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[KeyRecord]:
+        where, args = _where({"user_id = ?": user_id, "team_id = ?": team_id})
+        sql = (
+            f"SELECT {_KEY_SELECT} FROM virtual_keys {where}"
+            " ORDER BY created_at, token_hash LIMIT ? OFFSET ?"
+        )
+        async with self._connection() as db:
+            rows = await db.execute_fetchall(sql, [*args, limit, offset])
+        return [_key_record(row) for row in rows]
+
+    async def replace_key_hash(
+        self, old: str, new: str, *, key_name: str | None = None
+    ) -> KeyRecord | None:
+        sql = (
+            "UPDATE virtual_keys SET token_hash = ?, key_name = coalesce(?, key_name),"
+            f" updated_at = ? WHERE token_hash = ? RETURNING {_KEY_SELECT}"
+        )
+        args = (new, key_name, _encode(datetime.now(UTC)), old)
+        async with self._connection() as db:
+            rows = await _unique_checked(db.execute_fetchall(sql, args), "hash")
+        return _first_key(rows)
+
+    # -- usage ---------------------------------------------------------------------------
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        unique = per_request_unique(records)
+        rows = [[_encode(v) for v in msgspec.structs.astuple(r)] for r in unique]
+        marks = ", ".join("?" * len(USAGE_COLUMNS))
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM temp.usage_incoming")
+            try:
+                await db.executemany(
+                    f"INSERT INTO temp.usage_incoming ({_USAGE_LIST}) VALUES ({marks})", rows
+                )
+            except (OverflowError, TypeError, ValueError) as exc:
+                raise DatabaseError(f"a usage record has a value out of range: {exc}") from exc
+            # Cost of the rows not stored yet; the write lock keeps that true until COMMIT.
+            per_key = await db.execute_fetchall(
+                """
+                SELECT token_hash, sum(cost_usd) FROM temp.usage_incoming AS i
+                WHERE token_hash IS NOT NULL AND NOT EXISTS
+                    (SELECT 1 FROM usage_records AS u WHERE u.request_id = i.request_id)
+                GROUP BY token_hash ORDER BY token_hash
+                """
+            )
+            await db.executemany(
+                "UPDATE virtual_keys SET spend = spend + ? WHERE token_hash = ?",
+                [(cost, key) for key, cost in per_key if cost],
+            )
+            await db.execute(
+                f"INSERT INTO usage_records ({_USAGE_LIST})"
+                f" SELECT {_USAGE_LIST} FROM temp.usage_incoming WHERE true"
+                " ON CONFLICT (request_id) DO NOTHING"
+            )
+            await db.execute("DELETE FROM temp.usage_incoming")
+
+    async def usage_summary(
+        self,
+        *,
+        key_hash: str | None = None,
+        model: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        group_by: GroupBy = "day",
+    ) -> list[dict[str, Any]]:
+        check_group_by(group_by)
+        where, args = _where(
+            {
+                "token_hash = ?": key_hash,
+                "model = ?": model,
+                "started_at >= ?": None if start is None else _encode(start),
+                "started_at < ?": None if end is None else _encode(end),
+            }
+        )
+        sql = (
+            f"SELECT {_SUMMARY_GROUPS[group_by]}, count(*), sum(prompt_tokens),"
+            " sum(completion_tokens), sum(total_tokens), sum(cost_usd)"
+            f" FROM usage_records {where} GROUP BY 1 ORDER BY 1"
+        )
+        async with self._connection() as db:
+            rows = await db.execute_fetchall(sql, args)
+        return [summary_row(group_by, tuple(row)) for row in rows]
+
+    async def key_spend(self, token_hash: str, since: datetime) -> float:
+        sql = (
+            "SELECT coalesce(sum(cost_usd), 0.0) FROM usage_records"
+            " WHERE token_hash = ? AND started_at >= ?"
+        )
+        async with self._connection() as db:
+            rows = list(await db.execute_fetchall(sql, (token_hash, _encode(since))))
+        return float(rows[0][0])
+
+
+async def _unique_checked(query: Any, what: str) -> Iterable[sqlite3.Row]:
+    """Await ``query``; a uniqueness violation becomes ``KeyExistsError``."""
+    try:
+        rows: Iterable[sqlite3.Row] = await query
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorcode in _UNIQUE:
+            raise KeyExistsError(f"a key with this {what} already exists") from exc
+        raise
+    return rows
+
+
+def _make_parent_folder(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def _where(conditions: dict[str, Any]) -> tuple[str, list[Any]]:
+    parts = [clause for clause, value in conditions.items() if value is not None]
+    args = [value for value in conditions.values() if value is not None]
+    return ("WHERE " + " AND ".join(parts) if parts else ""), args
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return utc(value).strftime(_TIME_FORMAT)
+    if isinstance(value, tuple | list | dict):
+        return _json_encode(value).decode()
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _first_key(rows: Iterable[sqlite3.Row]) -> KeyRecord | None:
+    for row in rows:
+        return _key_record(row)
+    return None
+
+
+def _key_record(row: sqlite3.Row | tuple[Any, ...]) -> KeyRecord:
+    fields = dict(zip(KEY_COLUMNS, row, strict=True))
+    for name in _KEY_TIMES:
+        if fields[name] is not None:
+            fields[name] = datetime.strptime(fields[name], _TIME_FORMAT).replace(tzinfo=UTC)
+    fields["models"] = tuple(msgspec.json.decode(fields["models"]))
+    fields["metadata"] = msgspec.json.decode(fields["metadata"])
+    fields["blocked"] = bool(fields["blocked"])
+    for name in ("spend", "max_budget"):  # RETURNING gives back an int as it was written
+        if fields[name] is not None:
+            fields[name] = float(fields[name])
+    return KeyRecord(**fields)
+
+
+def _raise_mapped(exc: Exception) -> NoReturn:
+    """Raise our error for a sqlite3 error; re-raise anything else unchanged."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _TRANSIENT:
+            raise DatabaseUnavailableError(f"database unavailable: {exc}") from exc
+        raise DatabaseError(f"database error: {exc}") from exc
+    if isinstance(exc, OSError):
+        raise DatabaseUnavailableError(f"database unavailable: {exc!r}") from exc
+    raise exc
