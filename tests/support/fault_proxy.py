@@ -29,6 +29,7 @@ class FaultProxy:
         self.connections_total = 0
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def is_cut(self) -> bool:
@@ -62,14 +63,30 @@ class FaultProxy:
         await asyncio.sleep(0)  # let the pipes see their sockets go
 
     async def aclose(self) -> None:
+        """Cut, then wait for every connection handler to finish, so no socket outlives us."""
         await self.cut()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections_total += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._forward(reader, writer)
+        finally:
+            self._handlers.discard(task)
+            writer.transport.abort()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
-            writer.transport.abort()
+            return
+        if self.is_cut:  # cut while we were connecting upstream
+            up_writer.transport.abort()
             return
         link = (writer, up_writer)
         self._links.add(link)
@@ -77,7 +94,6 @@ class FaultProxy:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             self._links.discard(link)
-            writer.transport.abort()
             up_writer.transport.abort()
 
 

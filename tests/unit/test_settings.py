@@ -50,8 +50,8 @@ def test_litellm_config_loads_with_warnings(write_config: WriteConfig) -> None:
     assert entry.deployment_id == "dep-1"
     assert settings.master_key == "sk-master"
     assert entry.params.drop_params is True
+    assert settings.database.url == "x"
     assert warnings == [
-        "general_settings.database_url is not supported yet and is ignored",
         "litellm_settings.drop_params is not supported yet and is ignored",
     ]
 
