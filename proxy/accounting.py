@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from proxy.limits import Admission, Limiter, Limits
+from proxy.routing import Deployment
 from proxy.store import KeyRecord, UsageRecord
 from proxy.usage.budget import parse_duration
 from proxy.usage.prices import Price, PriceTable
@@ -41,6 +42,8 @@ class Entry:
     model: str | None = None  # the upstream model, for pricing
     price: Price | None = None
     admission: Admission | None = None
+    deployment_limits: Limits | None = None  # the deployment's rpm/tpm from the config
+    deployment_admission: Admission | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
@@ -48,6 +51,9 @@ class Entry:
 
     def headers(self) -> dict[str, str]:
         return self.admission.headers() if self.admission is not None else {}
+
+    def admissions(self) -> list[Admission]:
+        return [a for a in (self.admission, self.deployment_admission) if a is not None]
 
 
 def limits_of(record: KeyRecord) -> Limits | None:
@@ -87,6 +93,19 @@ class Ledger:
         self._prices = prices
         self._default_output = default_output_tokens
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deployment_limits: dict[str, Limits | None] = {}
+
+    def deployment_limits(self, deployment: Deployment) -> Limits | None:
+        """The deployment's rpm/tpm from the config, shared by every key that uses it."""
+        try:
+            return self._deployment_limits[deployment.id]
+        except KeyError:
+            p = deployment.params
+            limits = None
+            if p.rpm is not None or p.tpm is not None:
+                limits = Limits(rpm_limit=p.rpm, tpm_limit=p.tpm)
+            self._deployment_limits[deployment.id] = limits
+            return limits
 
     async def admit(
         self,
@@ -95,26 +114,41 @@ class Ledger:
         prompt_tokens: Callable[[], int],
         max_tokens: int | None,
     ) -> None:
-        """Take the key's limits for this request; 429 (or 503) when it may not run now."""
-        record = entry.record
-        if record is None or self._limiter is None:
+        """Take the key's and the deployment's limits; 429 (or 503) when it may not run now.
+
+        The key goes first: a key over its limit must not use up the deployment's capacity.
+        """
+        if self._limiter is None:
             return
-        limits = limits_of(record)
-        if limits is None:
+        key_limits = limits_of(entry.record) if entry.record is not None else None
+        subjects = [
+            (subject, limits)
+            for subject, limits in (
+                (entry.record.token_hash if entry.record else "", key_limits),
+                (f"deployment:{entry.deployment}", entry.deployment_limits),
+            )
+            if limits is not None
+        ]
+        if not subjects:
             return
         tokens = cost = 0.0
-        if limits.tpm_limit is not None or limits.max_budget is not None:
+        if any(lim.tpm_limit is not None or lim.max_budget is not None for _, lim in subjects):
             prompt = prompt_tokens()
             output = self._default_output if max_tokens is None else max_tokens
             tokens = prompt + output
             cost = self._cost(entry, prompt, output, 0)
-        entry.admission = await self._limiter.admit(
-            record.token_hash,
-            limits,
-            estimated_tokens=int(tokens),
-            estimated_cost=cost,
-            request_id=entry.request_id,
-        )
+        for subject, limits in subjects:
+            admission = await self._limiter.admit(
+                subject,
+                limits,
+                estimated_tokens=int(tokens),
+                estimated_cost=cost,
+                request_id=entry.request_id,
+            )
+            if subject.startswith("deployment:"):
+                entry.deployment_admission = admission
+            else:
+                entry.admission = admission
 
     def close(
         self,
@@ -137,14 +171,15 @@ class Ledger:
             else 0
         )
         cost = 0.0 if cache_hit else self._cost(entry, prompt, completion, cached)
-        if entry.admission is not None and self._limiter is not None:
-            if usage is not None:
-                settle = self._limiter.settle(
-                    entry.admission, actual_tokens=prompt + completion, actual_cost=cost
-                )
-            else:
-                settle = self._limiter.release(entry.admission)
-            self._background(settle)
+        if self._limiter is not None:
+            for admission in entry.admissions():
+                if usage is not None:
+                    settle = self._limiter.settle(
+                        admission, actual_tokens=prompt + completion, actual_cost=cost
+                    )
+                else:
+                    settle = self._limiter.release(admission)
+                self._background(settle)
         if self._writer is None:
             return
         now = time.perf_counter()

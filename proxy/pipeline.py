@@ -183,6 +183,7 @@ class Pipeline:
         entry.provider = deployment.provider
         entry.model = deployment.params.upstream_model
         entry.price = deployment.price
+        entry.deployment_limits = self._ledger.deployment_limits(deployment)
         return deployment
 
     async def run(

@@ -48,6 +48,9 @@ def proxy(fake: FakeUpstream) -> Iterator[ProxyServer]:
     config["model_list"].append(
         {"model_name": "pricey", "params": {**config["model_list"][0]["params"], **pricey}}
     )
+    config["model_list"].append(
+        {"model_name": "two-rpm", "params": {**config["model_list"][0]["params"], "rpm": 2}}
+    )
     with run_proxy(config) as server:
         yield server
 
@@ -181,3 +184,9 @@ def test_admin_on_postgres(fake: FakeUpstream, postgres_url: str, pg_schema: str
                 break
             time.sleep(0.2)
         assert rows["data"][0]["requests"] == 2
+
+
+def test_deployment_rpm_from_config(proxy: ProxyServer) -> None:
+    """A deployment's own rpm holds for every caller, the master key included."""
+    statuses = [chat(proxy, MASTER_KEY, model="two-rpm").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
