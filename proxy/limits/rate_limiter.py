@@ -20,9 +20,6 @@ from collections import deque
 from typing import Final, NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from proxy.errors import ServiceUnavailableError
 from proxy.limits.breaker import CircuitBreaker
@@ -37,6 +34,7 @@ from proxy.limits.model import (
     denial,
 )
 from proxy.limits.redis_counters import Denied, LimiterUnavailableError, RedisCounters
+from proxy.limits.resp import RespClient
 from proxy.limits.settings import LimitsSettings
 
 _MAX_PENDING: Final = 10_000  # settles kept while Redis is away; older ones are dropped
@@ -56,17 +54,11 @@ class RateLimiter:
         settings.check()
         timeout = settings.timeout_ms / 1000
         self._settings = settings
-        # No retries inside redis-py: a retry would multiply the time a dead Redis costs.
-        self._client: Redis = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        # No retries: a retry would multiply the time a dead Redis costs.
+        self._client = RespClient(settings.redis_url, timeout=timeout)
         self._counters = RedisCounters(
             self._client,
             key_prefix=settings.key_prefix,
-            timeout=timeout,
             lease_ttl_seconds=settings.lease_ttl_seconds,
             window_seconds=window_seconds,
         )

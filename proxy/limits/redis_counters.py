@@ -1,28 +1,23 @@
 """``RedisCounters``: the Redis half of ``RateLimiter``, one EVALSHA per call.
 
-It owns nothing but the scripts and key names; every redis-py error (and a call slower than
-the timeout) becomes ``LimiterUnavailableError`` here, so the library's errors never leave
-the edge. Denials come back as ``Denied`` values: the caller decides what to cache.
+It owns nothing but the scripts and key names, and talks through the lean pipelined client
+in resp.py; every failure (refused, reset, a call slower than the timeout, an error reply)
+becomes ``LimiterUnavailableError`` here. Denials come back as ``Denied`` values: the caller decides what to cache.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from proxy.limits import scripts
 from proxy.limits.model import Admission, LimitKind, Limits, to_nano
+from proxy.limits.resp import RespClient, RespReplyError, RespUnavailableError
 
 # A budget window's counters outlive the window by the lease TTL plus this, so requests
 # admitted at its very end can still settle into it.
 _BUDGET_GRACE_MS: Final = 60_000
-
-Script = Callable[..., Awaitable[Any]]
 
 
 class LimiterUnavailableError(Exception):
@@ -35,30 +30,22 @@ class Denied(NamedTuple):
     block_for: float | None  # seconds every request of the subject will be denied, if known
 
 
-_MAX_IN_FLIGHT = 16  # concurrent limiter calls per process (and so pooled connections)
-
-
 class RedisCounters:
     def __init__(
         self,
-        client: Redis,
+        client: RespClient,
         *,
         key_prefix: str,
-        timeout: float,
         lease_ttl_seconds: float,
         window_seconds: float,
     ) -> None:
         self._client = client
         self._prefix = key_prefix
-        self._timeout = timeout
         self._lease_ttl_ms = round(lease_ttl_seconds * 1000)
         self._window_ms = round(window_seconds * 1000)
-        self._admit: Script = client.register_script(scripts.ADMIT)
-        self._finish: Script = client.register_script(scripts.FINISH)
-        self._renew: Script = client.register_script(scripts.RENEW)
-        # A burst queues here, outside the timed section: the timeout measures Redis, not
-        # this process's own backlog (which once tripped the breaker under a 100-request burst).
-        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        self._admit = client.script_sha(scripts.ADMIT)
+        self._finish = client.script_sha(scripts.FINISH)
+        self._renew = client.script_sha(scripts.RENEW)
 
     def keys(self, subject: str, budget_window: int) -> list[str]:
         base = f"{self._prefix}{{{subject}}}:"
@@ -149,16 +136,13 @@ class RedisCounters:
     def _budget_expiry(self, end: int | None) -> int:
         return 0 if end is None else end + self._lease_ttl_ms + _BUDGET_GRACE_MS
 
-    async def _call(
-        self, script: Script | None, keys: Sequence[str], args: Sequence[str | int]
-    ) -> Any:
+    async def _call(self, sha: str | None, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
-            async with self._slots, asyncio.timeout(self._timeout):
-                if script is None:
-                    return await self._client.ping()
-                return await script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise LimiterUnavailableError(f"redis: {type(exc).__name__}: {exc}") from exc
+            if sha is None:
+                return await self._client.call("PING")
+            return await self._client.evalsha(sha, keys, args)
+        except (RespUnavailableError, RespReplyError) as exc:
+            raise LimiterUnavailableError(str(exc)) from exc
 
 
 def _or_none(limit: int | None) -> int:
