@@ -2,7 +2,8 @@
 
 It owns nothing but the scripts and key names, and talks through the lean pipelined client
 in resp.py; every failure (refused, reset, a call slower than the timeout, an error reply)
-becomes ``LimiterUnavailableError`` here. Denials come back as ``Denied`` values: the caller decides what to cache.
+becomes ``LimiterUnavailableError`` here. Denials come back as ``Denied`` values: the
+caller decides what to cache.
 """
 
 from __future__ import annotations
