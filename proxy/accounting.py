@@ -164,10 +164,11 @@ class Ledger:
         usage: Usage | None,
         error_type: str | None = None,
         cache_hit: bool = False,
-    ) -> None:
-        """Settle or release the reservation and record the request, exactly once."""
+    ) -> float:
+        """Settle or release the reservation and record the request, exactly once; the
+        request's cost in US dollars (0 after the first call)."""
         if entry.closed:
-            return
+            return 0.0
         entry.closed = True
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
@@ -187,7 +188,7 @@ class Ledger:
                     settle = self._limiter.release(admission)
                 self._background(settle)
         if self._writer is None:
-            return
+            return cost
         now = time.perf_counter()
         self._writer.submit(
             UsageRecord(
@@ -213,6 +214,7 @@ class Ledger:
                 cache_hit=cache_hit,
             )
         )
+        return cost
 
     def _cost(self, entry: Entry, prompt: int, completion: int, cached: int) -> float:
         if entry.model is None:

@@ -6,14 +6,16 @@ in ``before_server_start`` and closes it in ``after_server_stop``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from contextlib import suppress
 from typing import Any
 
 import msgspec
 from sanic import Sanic
 
-from proxy import metrics, tokens
+from proxy import logs, metrics, tokens
 from proxy.accounting import Ledger
 from proxy.api import admin as admin_api
 from proxy.api import anthropic as anthropic_api
@@ -54,8 +56,10 @@ def open_database(settings: Settings) -> Store:
 async def build_context(settings: Settings) -> AppContext:
     """Every long-lived object of one worker, wired together."""
     router = Router(settings)
-    transports: dict[str, Transport] = {d.id: make_transport(d.params) for d in router.deployments}
     recorder = metrics.Recorder(router.aliases, enabled=settings.server.metrics)
+    transports: dict[str, Transport] = {
+        d.id: make_transport(d.params, on_queue=recorder.queue) for d in router.deployments
+    }
     store = open_database(settings)
     database_ok = True
     if settings.database.migrate_on_start:
@@ -89,7 +93,15 @@ async def build_context(settings: Settings) -> AppContext:
         default_prices(),
         default_output_tokens=settings.limits.default_output_tokens,
     )
-    pipeline = Pipeline(router, transports, recorder, settings.master_key, keys=keys, ledger=ledger)
+    pipeline = Pipeline(
+        router,
+        transports,
+        recorder,
+        settings.master_key,
+        keys=keys,
+        ledger=ledger,
+        access=logs.AccessLog(settings.server.access_log),
+    )
     return AppContext(
         settings,
         router,
@@ -106,8 +118,10 @@ async def build_context(settings: Settings) -> AppContext:
 
 
 def create_app(settings: Settings) -> Sanic[Any, Any]:
-    app = Sanic("llm_proxy", error_handler=OpenAIErrorHandler(), configure_logging=False)
     s = settings.server
+    # Worker processes are spawned: each sets up its own logging, like the main process.
+    logs.configure_logging(s.log_level, getattr(s, "log_format", "text"))
+    app = Sanic("llm_proxy", error_handler=OpenAIErrorHandler(), configure_logging=False)
     longest = max((m.params.timeout for m in settings.model_list), default=600.0)
     app.config.update(
         REQUEST_MAX_SIZE=s.max_request_bytes,
@@ -116,7 +130,7 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
         RESPONSE_TIMEOUT=longest + 60,
         KEEP_ALIVE_TIMEOUT=s.keep_alive_timeout,
         GRACEFUL_SHUTDOWN_TIMEOUT=s.graceful_shutdown_seconds,
-        ACCESS_LOG=s.access_log,
+        ACCESS_LOG=False,  # proxy.logs.AccessLog writes the access lines
         MOTD=False,
         NOISY_EXCEPTIONS=False,
         AUTO_RELOAD=False,
@@ -126,11 +140,17 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
     anthropic_api.register(app)
     admin_api.register(app)
     health.register(app)
+    if s.metrics:
+        # Client connections, counted once per connection (not per request).
+        app.signal("http.lifecycle.begin")(_connection_opened)
+        app.signal("http.lifecycle.complete")(_connection_closed)
 
     @app.before_server_start
     async def _start(app: Sanic[Any, Any]) -> None:
         tokens.preload_encodings(m.params.upstream_model for m in settings.model_list)
         app.ctx.proxy = await build_context(settings)
+        if s.metrics:
+            app.ctx.loop_lag = metrics.start_loop_lag_monitor(asyncio.get_running_loop())
 
     @app.before_server_stop
     async def _drain(app: Sanic[Any, Any]) -> None:
@@ -143,6 +163,19 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
         ctx: AppContext | None = getattr(app.ctx, "proxy", None)
         if ctx is not None:
             await ctx.aclose()
+        lag: asyncio.Task[None] | None = getattr(app.ctx, "loop_lag", None)
+        if lag is not None:
+            lag.cancel()
+            with suppress(asyncio.CancelledError):
+                await lag
         metrics.process_exited(os.getpid())
 
     return app
+
+
+async def _connection_opened(conn_info: Any) -> None:
+    metrics.CONNECTIONS_OPEN.inc()
+
+
+async def _connection_closed(conn_info: Any) -> None:
+    metrics.CONNECTIONS_OPEN.dec()

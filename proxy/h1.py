@@ -17,7 +17,7 @@ import collections
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -29,6 +29,10 @@ from proxy.errors import UpstreamTimeoutError as H1TimeoutError
 _HIGH_WATER = 512 * 1024  # pause reading a stream whose client falls this far behind
 _LOW_WATER = 64 * 1024
 _USER_AGENT = b"llm-proxy"
+
+
+def _no_queue(delta: int) -> None:
+    pass
 
 
 class H1Response:
@@ -313,6 +317,7 @@ class H1Pool:
         connect_timeout: float,
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -332,6 +337,7 @@ class H1Pool:
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._reserved = 0  # free slots promised to woken waiters that have not connected yet
         self._heads: dict[tuple[str, int], tuple[Mapping[str, str], bytes]] = {}
+        self._on_queue = on_queue or _no_queue  # told +1/-1 as requests wait for a slot
 
     @property
     def open_connections(self) -> int:
@@ -364,6 +370,7 @@ class H1Pool:
         if len(self._open) + self._reserved >= self.limit:
             waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
             self._waiters.append(waiter)
+            self._on_queue(1)
             try:
                 handed = await waiter
             except asyncio.CancelledError:
@@ -373,6 +380,8 @@ class H1Pool:
                     self._reserved -= 1
                     self._wake_one()  # pass the free slot on
                 raise
+            finally:
+                self._on_queue(-1)
             if handed is not None:
                 return handed, True
             self._reserved -= 1

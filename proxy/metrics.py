@@ -1,15 +1,38 @@
-"""Every Prometheus metric, defined once.
+"""Every Prometheus metric, defined once, and the ``Recorder`` the request path calls.
 
 With several worker processes, ``server.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
 directory before any worker imports this module; prometheus-client then keeps each value in
 a per-process memory-mapped file and ``render()`` sums them, so a scrape of any worker sees
-the whole pod. Labels are bounded: route, configured model alias (``other`` for names the
-proxy does not serve), status code. Never keys or users.
+the whole pod. Gauges say how to combine workers (``livesum``: only live workers count).
+
+Labels are bounded: route, configured model alias (``other`` for names the proxy does not
+serve), deployment id and provider (both from the config), HTTP status code (requests) or
+class (upstream: ``2xx``, ``4xx``, ``5xx``, ``none`` when nothing was answered), and
+``error_type`` (a ``ProxyError`` class name in snake case, see ``error_type_of``). Never keys,
+users or anything a client can choose freely.
+
+Requests by provider are the upstream calls (``llm_proxy_upstream_requests_total``), not a
+fourth label on ``llm_proxy_requests_total``: one request may reach no provider (a 404) and
+the HPA's series keeps its labels. Total tokens are ``sum without (kind)
+(llm_proxy_tokens_total)``, not a series of their own.
+
+Adding a metric for a new feature (cache, limits, routing health, Redis, Postgres): define it
+here beside the others, with the feature's own bounded labels, add a ``Recorder`` method that
+caches its labelled children and returns at once when disabled, and call that method from the
+feature; never from inside a custom collector, which multiprocess mode does not aggregate (a
+component that keeps plain counters, such as the usage writer, adds their growth to a Counter
+from its own periodic task). Then add its panel to deploy/monitoring/grafana-dashboard.json
+and, if it deserves a page, its alert to deploy/monitoring/alerts.yaml; the tests check that
+every name they use is exported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+from collections.abc import Hashable
+from typing import TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,34 +45,109 @@ from prometheus_client import (
     multiprocess,
 )
 
+from proxy.errors import ProxyError
+
 # From a 5 ms cache hit to a 5 minute generation.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+# What the proxy adds to a request: 50 µs (a lean hop) to 100 ms (something is wrong).
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+# Output tokens per second of one generation, from a stalled model to a small fast one.
+RATE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOOP_LAG_INTERVAL = 0.5  # seconds between two probes of a worker's event loop
 
+# -- traffic ------------------------------------------------------------------------------
 REQUESTS = Counter(
     "llm_proxy_requests",
     "Requests answered, by route, model alias and HTTP status.",
     ["route", "model", "status"],
 )
-REQUEST_DURATION = Histogram(
-    "llm_proxy_request_duration_seconds",
-    "Time from receiving a request to sending the end of its response.",
-    ["route", "model"],
-    buckets=LATENCY_BUCKETS,
+UPSTREAM_REQUESTS = Counter(
+    "llm_proxy_upstream_requests",
+    "Calls to upstream deployments, by provider, deployment and status class of the answer.",
+    ["provider", "deployment", "status"],
 )
-IN_FLIGHT = Gauge(
-    "llm_proxy_requests_in_flight",
-    "Requests being served right now (streams included).",
-    multiprocess_mode="livesum",
+ERRORS = Counter(
+    "llm_proxy_errors",
+    "Failed requests, by route, the provider that failed (none: before any upstream call) "
+    "and error type.",
+    ["route", "provider", "error_type"],
 )
 TOKENS = Counter(
     "llm_proxy_tokens",
     "Tokens processed, by model alias and kind (prompt or completion).",
     ["model", "kind"],
 )
+COST = Counter(
+    "llm_proxy_cost_usd",
+    "Upstream cost in US dollars, by model alias.",
+    ["model"],
+)
+# -- latency ------------------------------------------------------------------------------
+REQUEST_DURATION = Histogram(
+    "llm_proxy_request_duration_seconds",
+    "Time from receiving a request to sending the end of its response.",
+    ["route", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "llm_proxy_upstream_duration_seconds",
+    "Time from sending a request upstream to its last byte (a stream's last chunk).",
+    ["provider", "deployment"],
+    buckets=LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "llm_proxy_overhead_seconds",
+    "The proxy's own time per request: total duration minus the upstream call.",
+    ["route"],
+    buckets=OVERHEAD_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "llm_proxy_time_to_first_token_seconds",
+    "Streams: time from receiving the request to sending the first content chunk.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+OUTPUT_RATE = Histogram(
+    "llm_proxy_output_tokens_per_second",
+    "Streams: completion tokens per second between the first chunk and the last.",
+    ["model"],
+    buckets=RATE_BUCKETS,
+)
+LOOP_LAG = Histogram(
+    "llm_proxy_event_loop_lag_seconds",
+    "How late a worker's event loop ran a callback scheduled every 0.5 s.",
+    buckets=LOOP_LAG_BUCKETS,
+)
+# -- saturation ---------------------------------------------------------------------------
+IN_FLIGHT = Gauge(
+    "llm_proxy_requests_in_flight",
+    "Requests being served right now (streams included).",
+    multiprocess_mode="livesum",
+)
+STREAMS_OPEN = Gauge(
+    "llm_proxy_streams_open",
+    "Streamed responses being relayed right now.",
+    multiprocess_mode="livesum",
+)
+# Counted by Sanic's http.lifecycle.begin/complete signals (app.py): once per connection.
+CONNECTIONS_OPEN = Gauge(
+    "llm_proxy_connections_open",
+    "Client connections open right now (kept-alive idle ones included).",
+    multiprocess_mode="livesum",
+)
+QUEUE_DEPTH = Gauge(
+    "llm_proxy_queue_depth",
+    "Requests waiting for an upstream connection slot of a deployment.",
+    multiprocess_mode="livesum",
+)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+_STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 def multiprocess_enabled() -> bool:
@@ -70,21 +168,97 @@ def process_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-class Recorder:
-    """What the pipeline calls; caches labelled children so a request costs two dict hits."""
+def status_class(status: int) -> str:
+    """``2xx`` for 200..299 and so on; ``none`` for 0 (no answer) or a nonsense code."""
+    index = status // 100
+    return _STATUS_CLASSES[index] if 0 < index < len(_STATUS_CLASSES) else "none"
 
-    __slots__ = ("_counts", "_durations", "_known", "_tokens", "enabled")
+
+_error_types: dict[type[BaseException], str] = {}
+
+
+def error_type_of(exc: BaseException) -> str:
+    """A bounded label for a failure: ``UpstreamTimeoutError`` -> ``upstream_timeout``.
+
+    Anything outside the ``ProxyError`` tree is ``internal`` (a bug of ours); a cancelled
+    request (the client went away) is ``client_closed``.
+    """
+    cls = type(exc)
+    found = _error_types.get(cls)
+    if found is None:
+        if issubclass(cls, ProxyError):
+            name = cls.__name__.removesuffix("Error") or "Proxy"
+            found = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        elif issubclass(cls, asyncio.CancelledError | GeneratorExit):
+            found = "client_closed"
+        else:
+            found = "internal"
+        _error_types[cls] = found
+    return found
+
+
+async def _watch_loop_lag(loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    observe = LOOP_LAG.observe
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        observe(max(0.0, loop.time() - due))
+
+
+def start_loop_lag_monitor(
+    loop: asyncio.AbstractEventLoop, interval: float = LOOP_LAG_INTERVAL
+) -> asyncio.Task[None]:
+    """Probe this worker's loop every ``interval`` s; cancel the task at shutdown."""
+    return loop.create_task(_watch_loop_lag(loop, interval), name="llm-proxy-loop-lag")
+
+
+_M = TypeVar("_M", Counter, Histogram)
+
+
+def _child(cache: dict[Hashable, _M], metric: _M, key: tuple[str, ...]) -> _M:
+    """Create, cache and return the child of ``metric`` for ``key`` (its label values)."""
+    child = cache[key] = metric.labels(*key)
+    return child
+
+
+class Recorder:
+    """What the request path calls. Each method caches its labelled children, so a call
+    costs a dictionary hit and the update; with ``enabled=False`` every method returns at
+    once. Methods take label values, never label dicts."""
+
+    __slots__ = (
+        "_cost",
+        "_counts",
+        "_durations",
+        "_errors",
+        "_known",
+        "_overheads",
+        "_rates",
+        "_tokens",
+        "_ttfts",
+        "_upstream_counts",
+        "_upstream_durations",
+        "enabled",
+    )
 
     def __init__(self, aliases: list[str], *, enabled: bool = True) -> None:
         self.enabled = enabled
         self._known = frozenset(aliases)
-        self._counts: dict[tuple[str, str, int], Counter] = {}
-        self._durations: dict[tuple[str, str], Histogram] = {}
-        self._tokens: dict[tuple[str, str], Counter] = {}
+        self._counts: dict[Hashable, Counter] = {}
+        self._durations: dict[Hashable, Histogram] = {}
+        self._tokens: dict[Hashable, Counter] = {}
+        self._cost: dict[Hashable, Counter] = {}
+        self._errors: dict[Hashable, Counter] = {}
+        self._upstream_counts: dict[Hashable, Counter] = {}
+        self._upstream_durations: dict[Hashable, Histogram] = {}
+        self._overheads: dict[Hashable, Histogram] = {}
+        self._ttfts: dict[Hashable, Histogram] = {}
+        self._rates: dict[Hashable, Histogram] = {}
 
     def model_label(self, model: str | None) -> str:
         return model if model in self._known else "other"
 
+    # -- one per request ----------------------------------------------------------------
     def started(self) -> None:
         if self.enabled:
             IN_FLIGHT.inc()
@@ -99,9 +273,7 @@ class Recorder:
             counter = self._counts[key] = REQUESTS.labels(route, model, str(status))
         counter.inc()
         hkey = (route, model)
-        hist = self._durations.get(hkey)
-        if hist is None:
-            hist = self._durations[hkey] = REQUEST_DURATION.labels(route, model)
+        hist = self._durations.get(hkey) or _child(self._durations, REQUEST_DURATION, hkey)
         hist.observe(seconds)
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
@@ -109,7 +281,68 @@ class Recorder:
             return
         for kind, n in (("prompt", prompt), ("completion", completion)):
             if n:
-                child = self._tokens.get((model, kind))
-                if child is None:
-                    child = self._tokens[(model, kind)] = TOKENS.labels(model, kind)
-                child.inc(n)
+                key = (model, kind)
+                (self._tokens.get(key) or _child(self._tokens, TOKENS, key)).inc(n)
+
+    def cost(self, model: str, usd: float) -> None:
+        if self.enabled and usd > 0:
+            key = (model,)
+            (self._cost.get(key) or _child(self._cost, COST, key)).inc(usd)
+
+    def error(self, route: str, provider: str, error_type: str) -> None:
+        """``provider`` is ``none`` when the request failed before any upstream call."""
+        if self.enabled:
+            key = (route, provider, error_type)
+            (self._errors.get(key) or _child(self._errors, ERRORS, key)).inc()
+
+    def upstream(self, provider: str, deployment: str, status: int, seconds: float) -> None:
+        """One upstream call: its HTTP status (0: no answer) and time to its last byte."""
+        if not self.enabled:
+            return
+        key = (provider, deployment, status)
+        counter = self._upstream_counts.get(key)
+        if counter is None:
+            label = status_class(status)
+            counter = self._upstream_counts[key] = UPSTREAM_REQUESTS.labels(
+                provider, deployment, label
+            )
+        counter.inc()
+        hkey = (provider, deployment)
+        hist = self._upstream_durations.get(hkey) or _child(
+            self._upstream_durations, UPSTREAM_DURATION, hkey
+        )
+        hist.observe(seconds)
+
+    def overhead(self, route: str, seconds: float) -> None:
+        if self.enabled:
+            key = (route,)
+            hist = self._overheads.get(key) or _child(self._overheads, OVERHEAD, key)
+            hist.observe(max(0.0, seconds))
+
+    # -- streams ------------------------------------------------------------------------
+    def stream_opened(self) -> None:
+        if self.enabled:
+            STREAMS_OPEN.inc()
+
+    def stream_closed(self) -> None:
+        if self.enabled:
+            STREAMS_OPEN.dec()
+
+    def first_token(self, model: str, seconds: float) -> None:
+        if self.enabled:
+            key = (model,)
+            (self._ttfts.get(key) or _child(self._ttfts, TIME_TO_FIRST_TOKEN, key)).observe(seconds)
+
+    def output_rate(self, model: str, tokens: int, seconds: float) -> None:
+        """Completion tokens over the time between first and last chunk; skipped when
+        either is zero (a one-chunk answer has no rate)."""
+        if self.enabled and tokens > 0 and seconds > 0:
+            key = (model,)
+            hist = self._rates.get(key) or _child(self._rates, OUTPUT_RATE, key)
+            hist.observe(tokens / seconds)
+
+    # -- saturation ---------------------------------------------------------------------
+    def queue(self, delta: int) -> None:
+        """+1 when a request starts waiting for an upstream slot, -1 when it stops."""
+        if self.enabled:
+            QUEUE_DEPTH.inc(delta)

@@ -28,7 +28,8 @@ from proxy.errors import (
     ProxyError,
 )
 from proxy.keys import KeyService
-from proxy.metrics import Recorder
+from proxy.logs import AccessLog
+from proxy.metrics import Recorder, error_type_of
 from proxy.providers import anthropic_native, anthropic_reverse
 from proxy.providers._sse import sse_event
 from proxy.providers.base import Operation, ParsedRequest, StreamTranslator, UpstreamRequest
@@ -126,10 +127,12 @@ class Pipeline:
         *,
         keys: KeyService | None = None,
         ledger: Ledger | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         self._router = router
         self._transports = transports
         self._recorder = recorder
+        self._access = access or AccessLog(enabled=False)
         self._master_key = master_key.encode() if master_key else None
         self._keys = keys
         self._ledger = ledger or Ledger(None, None, PriceTable({}))
@@ -220,6 +223,7 @@ class Pipeline:
                 req, deployment.params, deployment.urls[op], deployment.headers
             )
             reply_headers = {**_dropped_header(upstream_req.dropped), **entry.headers()}
+            sent = time.perf_counter()
             resp = await self._exchange(deployment, upstream_req, stream)
             if stream:
                 relay = self._relay(
@@ -229,15 +233,18 @@ class Pipeline:
                     route=route,
                     model=model,
                     entry=entry,
+                    sent=sent,
                     error_event=_openai_error_event,
                 )
                 return StreamReply(relay, {**SSE_HEADERS, **reply_headers})
-            parsed = deployment.adapter.parse_response(req, await resp.read())
+            raw = await self._read(deployment, resp, sent)
+            upstream_seconds = time.perf_counter() - sent
+            parsed = deployment.adapter.parse_response(req, raw)
         except BaseException as exc:
             self._failed(exc, route, model, started, entry)
             raise
         usage = parsed.usage or count_usage(view, upstream_model, None)
-        self._succeeded(route, model, entry, usage)
+        self._succeeded(route, model, entry, usage, upstream_seconds)
         return Reply(200, parsed.body, {**JSON_HEADERS, **reply_headers})
 
     async def run_messages(
@@ -271,6 +278,7 @@ class Pipeline:
                 translator = anthropic_reverse.OpenAIToAnthropicStream(model=request.model)
             url = deployment.urls[Operation.CHAT]
             upstream_req = UpstreamRequest(url, deployment.headers, upstream_body)
+            sent = time.perf_counter()
             resp = await self._exchange(deployment, upstream_req, stream)
             if stream:
                 relay = self._relay(
@@ -280,10 +288,12 @@ class Pipeline:
                     route=route,
                     model=model,
                     entry=entry,
+                    sent=sent,
                     error_event=anthropic_reverse.anthropic_error_event,
                 )
                 return StreamReply(relay, {**SSE_HEADERS, **entry.headers()})
-            raw = await resp.read()
+            raw = await self._read(deployment, resp, sent)
+            upstream_seconds = time.perf_counter() - sent
             usage: Usage | None
             if native:
                 out, usage = raw, anthropic_native.response_usage(raw)
@@ -293,7 +303,7 @@ class Pipeline:
             self._failed(exc, route, model, started, entry)
             raise
         usage = usage or _count_messages(body, upstream_model, None)
-        self._succeeded(route, model, entry, usage)
+        self._succeeded(route, model, entry, usage, upstream_seconds)
         return Reply(200, out, {**JSON_HEADERS, **entry.headers()})
 
     async def count_message_tokens(self, body: bytes, headers: Mapping[str, str]) -> bytes:
@@ -312,19 +322,54 @@ class Pipeline:
     async def _exchange(
         self, deployment: Deployment, req: UpstreamRequest, stream: bool
     ) -> UpstreamResponse:
-        """Send upstream; an error status becomes the adapter's ProxyError."""
-        resp = await self._transports[deployment.id].send(req, stream=stream)
+        """Send upstream; an error status becomes the adapter's ProxyError.
+
+        A call that fails here is recorded here, a good one by whoever reads it to the end
+        (``_read``, ``_relay``)."""
+        sent = time.perf_counter()
+        try:
+            resp = await self._transports[deployment.id].send(req, stream=stream)
+        except BaseException:
+            self._recorder.upstream(
+                deployment.provider, deployment.id, 0, time.perf_counter() - sent
+            )
+            raise
         if resp.status >= 400:
             error_body = await resp.read()
+            self._recorder.upstream(
+                deployment.provider, deployment.id, resp.status, time.perf_counter() - sent
+            )
             raise deployment.adapter.parse_error(
                 resp.status, resp.headers, error_body, deployment.id
             )
         return resp
 
-    def _succeeded(self, route: str, model: str, entry: Entry, usage: Usage) -> None:
-        self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
-        self._recorder.finished(route, model, 200, time.perf_counter() - entry.started)
-        self._ledger.close(entry, status=200, usage=usage)
+    async def _read(self, deployment: Deployment, resp: UpstreamResponse, sent: float) -> bytes:
+        """A non-stream answer's body; the upstream call recorded (status 0 if cut short)."""
+        try:
+            raw = await resp.read()
+        except BaseException:
+            self._recorder.upstream(
+                deployment.provider, deployment.id, 0, time.perf_counter() - sent
+            )
+            raise
+        self._recorder.upstream(
+            deployment.provider, deployment.id, resp.status, time.perf_counter() - sent
+        )
+        return raw
+
+    def _succeeded(
+        self, route: str, model: str, entry: Entry, usage: Usage, upstream_seconds: float
+    ) -> None:
+        total = time.perf_counter() - entry.started
+        recorder = self._recorder
+        recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
+        recorder.finished(route, model, 200, total)
+        recorder.overhead(route, total - upstream_seconds)
+        cost = self._ledger.close(entry, status=200, usage=usage)
+        recorder.cost(model, cost)
+        if self._access.enabled:
+            self._log(entry, route, 200, total, usage=usage, cost=cost)
 
     def _failed(
         self, exc: BaseException, route: str, model: str, started: float, entry: Entry | None
@@ -332,10 +377,56 @@ class Pipeline:
         status = exc.status if isinstance(exc, ProxyError) else CLIENT_CLOSED
         if not isinstance(exc, ProxyError | asyncio.CancelledError):
             status = 500
-        self._recorder.finished(route, model, status, time.perf_counter() - started)
+        total = time.perf_counter() - started
+        kind = error_type_of(exc)
+        provider = entry.provider if entry is not None and entry.provider else "none"
+        self._recorder.finished(route, model, status, total)
+        self._recorder.error(route, provider, kind)
         if entry is not None:
             error_type = exc.type if isinstance(exc, ProxyError) else type(exc).__name__
             self._ledger.close(entry, status=status, usage=None, error_type=error_type)
+        if self._access.enabled:
+            if entry is None:
+                self._access.log(
+                    request_id=None,
+                    route=route,
+                    model=model,
+                    provider=provider,
+                    status=status,
+                    latency_ms=total * 1000,
+                    error_type=kind,
+                )
+            else:
+                self._log(entry, route, status, total, error_type=kind)
+
+    def _log(
+        self,
+        entry: Entry,
+        route: str,
+        status: int,
+        total: float,
+        *,
+        usage: Usage | None = None,
+        cost: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        """One access-log line from the request's account (its caller checked `enabled`)."""
+        first = entry.first_byte
+        self._access.log(
+            request_id=entry.request_id or None,
+            key_alias=entry.record.key_alias if entry.record is not None else None,
+            route=route,
+            model=entry.alias,
+            deployment=entry.deployment,
+            provider=entry.provider,
+            status=status,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            completion_tokens=usage.completion_tokens if usage is not None else None,
+            cost_usd=cost,
+            latency_ms=total * 1000,
+            ttft_ms=None if first is None else (first - entry.started) * 1000,
+            error_type=error_type,
+        )
 
     async def _relay(
         self,
@@ -346,28 +437,35 @@ class Pipeline:
         route: str,
         model: str,
         entry: Entry,
+        sent: float,
         error_event: Callable[[ProxyError], bytes],
     ) -> AsyncIterator[bytes]:
         """Forward each upstream chunk as it arrives; account once the stream is over."""
+        recorder = self._recorder
+        recorder.stream_opened()
         status = CLIENT_CLOSED
         error_type: str | None = "client_closed"
+        kind = "client_closed"  # the metrics' and access log's error type
+        upstream_end: float | None = None  # when the upstream's last chunk came
         try:
             async for data in resp.chunks():
                 out = translator.feed(data)
                 if out:
                     if entry.first_byte is None:
                         entry.first_byte = time.perf_counter()
+                        recorder.first_token(model, entry.first_byte - entry.started)
                     yield out
+            upstream_end = time.perf_counter()
             tail = translator.finish()
             failure = getattr(translator, "error", None)
             if isinstance(failure, ProxyError):
-                status, error_type = failure.status, failure.type
+                status, error_type, kind = failure.status, failure.type, error_type_of(failure)
             else:
                 status, error_type = 200, None
             if tail:
                 yield tail
         except ProxyError as exc:
-            status, error_type = exc.status, exc.type
+            status, error_type, kind = exc.status, exc.type, error_type_of(exc)
             log.warning("stream on %s failed: %s", route, exc.message)
             yield error_event(exc)
         finally:
@@ -375,11 +473,39 @@ class Pipeline:
                 resp.release()
             else:
                 resp.close()  # the upstream sees the request abandoned
+            now = time.perf_counter()
+            total = now - entry.started
+            upstream_seconds = (upstream_end or now) - sent
+            provider = entry.provider or "none"
+            recorder.stream_closed()
+            recorder.upstream(
+                provider,
+                entry.deployment or "none",
+                resp.status if upstream_end else 0,
+                upstream_seconds,
+            )
             # Partial streams count too: what was streamed so far was generated and billed.
             usage = translator.account.usage or count(translator)
-            self._recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
-            self._recorder.finished(route, model, status, time.perf_counter() - entry.started)
-            self._ledger.close(entry, status=status, usage=usage, error_type=error_type)
+            recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
+            recorder.finished(route, model, status, total)
+            if status == 200:
+                recorder.overhead(route, total - upstream_seconds)
+                if entry.first_byte is not None:
+                    recorder.output_rate(model, usage.completion_tokens, now - entry.first_byte)
+            else:
+                recorder.error(route, provider, kind)
+            cost = self._ledger.close(entry, status=status, usage=usage, error_type=error_type)
+            recorder.cost(model, cost)
+            if self._access.enabled:
+                self._log(
+                    entry,
+                    route,
+                    status,
+                    total,
+                    usage=usage,
+                    cost=cost,
+                    error_type=None if status == 200 else kind,
+                )
 
 
 def count_usage(view: RequestView, model: str, translator: StreamTranslator | None) -> Usage:

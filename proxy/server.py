@@ -14,19 +14,10 @@ import shutil
 import tempfile
 from functools import partial
 
+from proxy.logs import configure_logging
 from proxy.settings import Settings
 
 log = logging.getLogger("llm_proxy")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
-    # Sanic's own loggers follow ours; its access log is off unless asked for.
-    for name in ("sanic.root", "sanic.error", "sanic.server"):
-        logging.getLogger(name).setLevel(level.upper())
 
 
 def _multiprocess_dir() -> str:
@@ -43,7 +34,8 @@ def _multiprocess_dir() -> str:
 
 def serve(settings: Settings) -> None:
     s = settings.server
-    configure_logging(s.log_level)
+    # `server.log_format` (text or json) is proposed for settings; text until it exists.
+    configure_logging(s.log_level, getattr(s, "log_format", "text"))
     workers = s.workers or os.cpu_count() or 1
     if workers > 1:
         _multiprocess_dir()
@@ -64,7 +56,7 @@ def serve(settings: Settings) -> None:
         port=s.port,
         workers=workers,
         single_process=workers == 1,
-        access_log=s.access_log,
+        access_log=False,  # proxy.logs.AccessLog writes the access lines
         motd=False,
     )
     log.info(

@@ -15,7 +15,7 @@ provider. Library exceptions never leave this module:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -145,9 +145,15 @@ class AiohttpTransport:
 class H1Transport:
     """The default: our lean HTTP/1.1 client (proxy/h1.py), one pool per deployment."""
 
-    def __init__(self, params: DeploymentParams, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        params: DeploymentParams,
+        timeouts: Timeouts,
+        on_queue: Callable[[int], None] | None = None,
+    ) -> None:
         self._limit = params.max_connections
         self._timeouts = timeouts
+        self._on_queue = on_queue
         self._routes: dict[str, tuple[H1Pool, str]] = {}
         self._pools: dict[tuple[str, str], H1Pool] = {}
 
@@ -157,7 +163,10 @@ class H1Transport:
         pool = self._pools.get((scheme, origin))
         if pool is None:
             pool = self._pools[(scheme, origin)] = H1Pool(
-                f"{scheme}://{origin}", limit=self._limit, connect_timeout=self._timeouts.connect
+                f"{scheme}://{origin}",
+                limit=self._limit,
+                connect_timeout=self._timeouts.connect,
+                on_queue=self._on_queue,
             )
         route = self._routes[url] = (pool, slash + path)
         return route
@@ -305,7 +314,9 @@ def _operation_of(url: str) -> Operation:
     return Operation.CHAT
 
 
-def make_transport(params: DeploymentParams) -> Transport:
+def make_transport(
+    params: DeploymentParams, on_queue: Callable[[int], None] | None = None
+) -> Transport:
     timeouts = Timeouts(total=params.timeout, connect=params.connect_timeout, read=params.timeout)
     if params.provider == "mock":
         return MockTransport(params)
@@ -313,4 +324,4 @@ def make_transport(params: DeploymentParams) -> Transport:
         return HttpxTransport(params, timeouts)
     if params.client == "aiohttp":
         return AiohttpTransport(params, timeouts)
-    return H1Transport(params, timeouts)
+    return H1Transport(params, timeouts, on_queue)
