@@ -120,7 +120,7 @@ async def build_context(settings: Settings) -> AppContext:
 def create_app(settings: Settings) -> Sanic[Any, Any]:
     s = settings.server
     # Worker processes are spawned: each sets up its own logging, like the main process.
-    logs.configure_logging(s.log_level, getattr(s, "log_format", "text"))
+    logs.configure_logging(s.log_level, s.log_format)
     app = Sanic("llm_proxy", error_handler=OpenAIErrorHandler(), configure_logging=False)
     longest = max((m.params.timeout for m in settings.model_list), default=600.0)
     app.config.update(
@@ -151,6 +151,8 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
         app.ctx.proxy = await build_context(settings)
         if s.metrics:
             app.ctx.loop_lag = metrics.start_loop_lag_monitor(asyncio.get_running_loop())
+            ctx = app.ctx.proxy
+            app.ctx.services = metrics.start_service_monitor(ctx.limiter, ctx.writer)
 
     @app.before_server_stop
     async def _drain(app: Sanic[Any, Any]) -> None:
@@ -163,11 +165,12 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
         ctx: AppContext | None = getattr(app.ctx, "proxy", None)
         if ctx is not None:
             await ctx.aclose()
-        lag: asyncio.Task[None] | None = getattr(app.ctx, "loop_lag", None)
-        if lag is not None:
-            lag.cancel()
-            with suppress(asyncio.CancelledError):
-                await lag
+        for name in ("loop_lag", "services"):
+            task: asyncio.Task[None] | None = getattr(app.ctx, name, None)
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         metrics.process_exited(os.getpid())
 
     return app

@@ -32,7 +32,7 @@ import asyncio
 import os
 import re
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -203,6 +203,62 @@ async def _watch_loop_lag(loop: asyncio.AbstractEventLoop, interval: float) -> N
         due = loop.time() + interval
         await asyncio.sleep(interval)
         observe(max(0.0, loop.time() - due))
+
+
+LIMITER_DEGRADED = Gauge(
+    "llm_proxy_limiter_degraded",
+    "1 while the rate limiter cannot reach Redis and its failure policy is in force.",
+    multiprocess_mode="livemax",
+)
+USAGE_QUEUE_DEPTH = Gauge(
+    "llm_proxy_usage_queue_depth",
+    "Usage records waiting in memory for the database.",
+    multiprocess_mode="livesum",
+)
+USAGE_SPILLED = Counter(
+    "llm_proxy_usage_spilled_records",
+    "Usage records written to the local spill file because the database was away.",
+)
+USAGE_WRITE_ERRORS = Counter(
+    "llm_proxy_usage_write_errors",
+    "Failed attempts to write a batch of usage records to the database.",
+)
+
+
+class _Limiter(Protocol):
+    @property
+    def degraded(self) -> bool: ...
+
+
+class _Writer(Protocol):
+    @property
+    def queue_depth(self) -> int: ...
+
+    spilled_records_total: int
+    write_errors_total: int
+
+
+async def _watch_services(
+    limiter: _Limiter | None, writer: _Writer | None, interval: float
+) -> None:
+    spilled = errors = 0
+    while True:
+        if limiter is not None:
+            LIMITER_DEGRADED.set(1 if limiter.degraded else 0)
+        if writer is not None:
+            USAGE_QUEUE_DEPTH.set(writer.queue_depth)
+            USAGE_SPILLED.inc(writer.spilled_records_total - spilled)
+            USAGE_WRITE_ERRORS.inc(writer.write_errors_total - errors)
+            spilled, errors = writer.spilled_records_total, writer.write_errors_total
+        await asyncio.sleep(interval)
+
+
+def start_service_monitor(
+    limiter: _Limiter | None, writer: _Writer | None, interval: float = 1.0
+) -> asyncio.Task[None]:
+    """Copy the limiter's and the usage writer's state into gauges every ``interval`` s."""
+    task = _watch_services(limiter, writer, interval)
+    return asyncio.get_running_loop().create_task(task, name="llm-proxy-service-metrics")
 
 
 def start_loop_lag_monitor(

@@ -34,8 +34,7 @@ def _multiprocess_dir() -> str:
 
 def serve(settings: Settings) -> None:
     s = settings.server
-    # `server.log_format` (text or json) is proposed for settings; text until it exists.
-    configure_logging(s.log_level, getattr(s, "log_format", "text"))
+    configure_logging(s.log_level, s.log_format)
     workers = s.workers or os.cpu_count() or 1
     if workers > 1:
         _multiprocess_dir()

@@ -38,8 +38,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_read_timeout: float = 60.0  # seconds to receive a whole request
     keep_alive_timeout: float = 75.0  # above common load balancers' idle timeout (60 s)
     graceful_shutdown_seconds: float = 30.0
-    access_log: bool = False
+    access_log: bool = False  # one JSON line per request (never prompts or keys)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
     metrics: bool = True
 
 
@@ -310,6 +311,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         ("LLM_PROXY_PORT", "port"),
         ("LLM_PROXY_WORKERS", "workers"),
         ("LLM_PROXY_LOG_LEVEL", "log_level"),
+        ("LLM_PROXY_LOG_FORMAT", "log_format"),
+        ("LLM_PROXY_ACCESS_LOG", "access_log"),
     ):
         if env.get(name):
             server[key] = env[name]

@@ -71,6 +71,14 @@ async def test_usage_survives_a_database_outage(
                 status = (await client.get(f"{server.root_url}/ready")).json()
                 assert status["status"] == "degraded"
                 await asyncio.sleep(1.5)
+                scrape = (await client.get(f"{server.root_url}/metrics")).text
+                samples = dict(
+                    line.rsplit(" ", 1)
+                    for line in scrape.splitlines()
+                    if line.startswith("llm_proxy_")
+                )
+                assert float(samples["llm_proxy_usage_spilled_records_total"]) > 0
+                assert float(samples["llm_proxy_limiter_degraded"]) == 0
                 await fault.restore()
                 assert set(await _send(client, server, key, 10)) == {200}
             con = await asyncpg.connect(postgres_url)
