@@ -70,9 +70,18 @@ async def send_result(
         )
     headers = result.headers
     headers["x-request-id"] = rid
-    response = await request.respond(headers=headers, content_type="text/event-stream")
     chunks = cast(AsyncGenerator[bytes, None], result.chunks)
+    # Take the first chunk before answering: once the relay has started, its own cleanup
+    # (accounting, metrics, closing the upstream) runs however the rest ends, even if
+    # sending the headers fails; a relay that never started would skip it.
     try:
+        first: bytes | None = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+    try:
+        response = await request.respond(headers=headers, content_type="text/event-stream")
+        if first:
+            await response.send(first)
         async for data in chunks:
             await response.send(data)
     finally:
