@@ -49,6 +49,7 @@ class Entry:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
+    attempts: int = 1  # upstream tries, retries on other deployments included
     closed: bool = False
 
     def headers(self) -> dict[str, str]:

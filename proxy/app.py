@@ -101,6 +101,7 @@ async def build_context(settings: Settings) -> AppContext:
         keys=keys,
         ledger=ledger,
         access=logs.AccessLog(settings.server.access_log),
+        retry=settings.router,
     )
     return AppContext(
         settings,

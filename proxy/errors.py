@@ -142,7 +142,11 @@ class ServiceUnavailableError(ServerError):
     type = "service_unavailable"
 
 
-class NoDeploymentAvailableError(ServiceUnavailableError):
+class NoDeploymentAvailableError(ServerError):
+    """Every deployment of the alias is cooling down: 429 with the shortest cooldown left."""
+
+    status = 429
+    type = "rate_limit_exceeded"
     code = "no_deployment_available"
 
 

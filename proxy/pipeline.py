@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -25,6 +26,7 @@ from proxy.errors import (
     AuthenticationError,
     InvalidRequestError,
     ModelNotFoundError,
+    NoDeploymentAvailableError,
     ProxyError,
 )
 from proxy.keys import KeyService
@@ -34,6 +36,7 @@ from proxy.providers import anthropic_native, anthropic_reverse
 from proxy.providers._sse import sse_event
 from proxy.providers.base import Operation, ParsedRequest, StreamTranslator, UpstreamRequest
 from proxy.routing import Deployment, Router
+from proxy.settings import RouterSettings
 from proxy.store import KeyRecord
 from proxy.upstream import Transport, UpstreamResponse
 from proxy.usage.prices import PriceTable
@@ -45,6 +48,7 @@ from proxy.wire.openai import (
 )
 
 log = logging.getLogger("llm_proxy")
+_T = TypeVar("_T")
 
 ROUTES = {
     Operation.CHAT: "chat",
@@ -128,7 +132,9 @@ class Pipeline:
         keys: KeyService | None = None,
         ledger: Ledger | None = None,
         access: AccessLog | None = None,
+        retry: RouterSettings | None = None,
     ) -> None:
+        self._retry = retry or RouterSettings()
         self._router = router
         self._transports = transports
         self._recorder = recorder
@@ -182,12 +188,61 @@ class Pipeline:
         if entry.record is not None:
             KeyService.check_model(entry.record, entry.alias)
         deployment = self._deployment(entry.alias)
+        self._note(entry, deployment)
+        return deployment
+
+    def _note(self, entry: Entry, deployment: Deployment) -> None:
         entry.deployment = deployment.id
         entry.provider = deployment.provider
         entry.model = deployment.params.upstream_model
         entry.price = deployment.price
         entry.deployment_limits = self._ledger.deployment_limits(deployment)
-        return deployment
+
+    async def _send(
+        self,
+        entry: Entry,
+        deployment: Deployment,
+        build: Callable[[Deployment], tuple[UpstreamRequest, _T]],
+        stream: bool,
+    ) -> tuple[Deployment, UpstreamRequest, _T, UpstreamResponse, float]:
+        """Send upstream, retrying a failure that another try may fix (429, 5xx, timeouts,
+        resets) on another deployment where one exists, with backoff and jitter.
+
+        Nothing has reached the client yet (a stream is retried only up to its headers).
+        When every try fails the client gets the first error, the most telling one.
+        """
+        tried: list[str] = []
+        first: ProxyError | None = None
+        while True:
+            upstream_req, extra = build(deployment)
+            sent = time.perf_counter()
+            try:
+                resp = await self._exchange(deployment, upstream_req, stream)
+            except ProxyError as exc:
+                if not (exc.retryable and (exc.status == 429 or exc.status >= 500)):
+                    raise
+                first = first or exc
+                self._router.failed(
+                    deployment, rate_limited=exc.status == 429, retry_after=exc.retry_after
+                )
+                tried.append(deployment.id)
+                if len(tried) > self._retry.num_retries:
+                    raise first from exc
+                try:
+                    following = self._router.pick(entry.alias, exclude=tried) or deployment
+                except NoDeploymentAvailableError:
+                    raise first from exc
+                delay = _backoff(
+                    len(tried), self._retry.retry_backoff_seconds, self._retry.max_backoff_seconds
+                )
+                if following is deployment and exc.retry_after:
+                    delay = max(delay, min(exc.retry_after, self._retry.max_backoff_seconds))
+                await asyncio.sleep(delay)
+                deployment = following
+                self._note(entry, deployment)
+                continue
+            entry.attempts = len(tried) + 1
+            return deployment, upstream_req, extra, resp, sent
 
     async def run(
         self, op: Operation, body: bytes, headers: Mapping[str, str], request_id: str = ""
@@ -219,12 +274,19 @@ class Pipeline:
                 stream=stream,
                 client_wants_usage=bool(options and options.include_usage),
             )
-            upstream_req = deployment.adapter.build_request(
-                req, deployment.params, deployment.urls[op], deployment.headers
+
+            def build(dep: Deployment) -> tuple[UpstreamRequest, None]:
+                return dep.adapter.build_request(req, dep.params, dep.urls[op], dep.headers), None
+
+            deployment, upstream_req, _, resp, sent = await self._send(
+                entry, deployment, build, stream
             )
-            reply_headers = {**_dropped_header(upstream_req.dropped), **entry.headers()}
-            sent = time.perf_counter()
-            resp = await self._exchange(deployment, upstream_req, stream)
+            upstream_model = deployment.params.upstream_model
+            reply_headers = {
+                **_dropped_header(upstream_req.dropped),
+                **entry.headers(),
+                **_routing_headers(entry),
+            }
             if stream:
                 relay = self._relay(
                     resp=resp,
@@ -267,19 +329,25 @@ class Pipeline:
                 prompt_tokens=lambda: _count_messages(body, upstream_model, None).prompt_tokens,
                 max_tokens=request.max_tokens,
             )
+            stream = bool(request.stream)
+
+            def build(dep: Deployment) -> tuple[UpstreamRequest, StreamTranslator]:
+                name = dep.params.upstream_model
+                translator: StreamTranslator
+                if dep.provider == "anthropic":
+                    upstream_body = anthropic_native.rename_model(body, request.model, name)
+                    translator = anthropic_native.AnthropicPassthrough()
+                else:
+                    upstream_body, _ = anthropic_reverse.messages_to_openai(body, name)
+                    translator = anthropic_reverse.OpenAIToAnthropicStream(model=request.model)
+                url = dep.urls[Operation.CHAT]
+                return UpstreamRequest(url, dep.headers, upstream_body), translator
+
+            deployment, _, translator, resp, sent = await self._send(
+                entry, deployment, build, stream
+            )
+            upstream_model = deployment.params.upstream_model
             native = deployment.provider == "anthropic"
-            translator: StreamTranslator
-            if native:
-                stream = bool(request.stream)
-                upstream_body = anthropic_native.rename_model(body, request.model, upstream_model)
-                translator = anthropic_native.AnthropicPassthrough()
-            else:
-                upstream_body, stream = anthropic_reverse.messages_to_openai(body, upstream_model)
-                translator = anthropic_reverse.OpenAIToAnthropicStream(model=request.model)
-            url = deployment.urls[Operation.CHAT]
-            upstream_req = UpstreamRequest(url, deployment.headers, upstream_body)
-            sent = time.perf_counter()
-            resp = await self._exchange(deployment, upstream_req, stream)
             if stream:
                 relay = self._relay(
                     resp=resp,
@@ -291,7 +359,9 @@ class Pipeline:
                     sent=sent,
                     error_event=anthropic_reverse.anthropic_error_event,
                 )
-                return StreamReply(relay, {**SSE_HEADERS, **entry.headers()})
+                return StreamReply(
+                    relay, {**SSE_HEADERS, **entry.headers(), **_routing_headers(entry)}
+                )
             raw = await self._read(deployment, resp, sent)
             upstream_seconds = time.perf_counter() - sent
             usage: Usage | None
@@ -304,7 +374,7 @@ class Pipeline:
             raise
         usage = usage or _count_messages(body, upstream_model, None)
         self._succeeded(route, model, entry, usage, upstream_seconds)
-        return Reply(200, out, {**JSON_HEADERS, **entry.headers()})
+        return Reply(200, out, {**JSON_HEADERS, **entry.headers(), **_routing_headers(entry)})
 
     async def count_message_tokens(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         await self.caller(headers)
@@ -528,6 +598,18 @@ def _count_messages(body: bytes, model: str, translator: StreamTranslator | None
     if translator is not None:
         completion = tokens.count_completion_tokens(translator.completion_text(), model)
     return Usage(prompt, completion, prompt + completion)
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def _routing_headers(entry: Entry) -> dict[str, str]:
+    return {
+        "x-llm-proxy-deployment": entry.deployment or "",
+        "x-llm-proxy-attempts": str(entry.attempts),
+    }
 
 
 def _max_tokens(view: RequestView) -> int | None:

@@ -71,6 +71,16 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_output_tokens: int = 1024  # TPM/budget estimate when a request sets no max_tokens
 
 
+class RouterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Retries to another deployment and cooldowns (LiteLLM's router_settings map here)."""
+
+    num_retries: int = 2  # further attempts after the first, on 429, 5xx, timeouts, resets
+    retry_backoff_seconds: float = 0.1  # first backoff; doubles, with full jitter
+    max_backoff_seconds: float = 5.0  # also the longest upstream retry-after waited for
+    cooldown_seconds: float = 30.0
+    allowed_fails: int = 3  # failures in a minute before a deployment cools down
+
+
 class KeysSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cache_ttl_seconds: float = 30.0
     negative_cache_ttl_seconds: float = 5.0
@@ -140,6 +150,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitsSettings = LimitsSettings()
     keys: KeysSettings = KeysSettings()
     usage: UsageSettings = UsageSettings()
+    router: RouterSettings = RouterSettings()
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -147,8 +158,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # LiteLLM settings we accept without acting on them yet: warn once, do not fail.
-_IGNORED_TOP_LEVEL = ("litellm_settings", "router_settings")
-_OUR_SECTIONS = ("model_list", "server", "master_key", "database", "limits", "keys", "usage")
+_IGNORED_TOP_LEVEL = ("litellm_settings",)
+_OUR_SECTIONS = (
+    "model_list", "server", "master_key", "database", "limits", "keys", "usage", "router",
+)  # fmt: skip
+# LiteLLM's router_settings that map onto ours.
+_ROUTER_ALIASES = {
+    "num_retries": "num_retries",
+    "cooldown_time": "cooldown_seconds",
+    "allowed_fails": "allowed_fails",
+}
 _DEPLOYMENT_FIELDS = frozenset(DeploymentParams.__struct_fields__)
 _ENTRY_FIELDS = frozenset(ModelEntry.__struct_fields__) | {"litellm_params"}
 
@@ -202,6 +221,12 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
             _take_general_settings(value, data, warnings)
         elif key == "environment_variables":
             continue
+        elif key == "router_settings":
+            for sub, item in (value or {}).items():
+                if sub in _ROUTER_ALIASES:
+                    data.setdefault("router", {}).setdefault(_ROUTER_ALIASES[sub], item)
+                else:
+                    warnings.append(f"router_settings.{sub} is not supported yet and is ignored")
         elif key in _IGNORED_TOP_LEVEL:
             for sub in value or {}:
                 warnings.append(f"{key}.{sub} is not supported yet and is ignored")
@@ -359,6 +384,9 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.max_request_bytes: expected at least 1024")
     if settings.database.pool_max < 1 or settings.database.pool_min > settings.database.pool_max:
         raise ConfigError("database.pool_max: expected at least 1 and at least pool_min")
+    r = settings.router
+    if r.num_retries < 0 or r.allowed_fails < 0 or r.cooldown_seconds < 0:
+        raise ConfigError("router: num_retries, allowed_fails and cooldown_seconds must be >= 0")
     if settings.limits.replicas < 1:
         raise ConfigError("limits.replicas: expected at least 1")
     for i, entry in enumerate(settings.model_list):

@@ -172,3 +172,23 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     top.write_text("- 1\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_settings(str(top), {}, lambda _: None)
+
+
+def test_litellm_router_settings_map_onto_ours(write_config: WriteConfig) -> None:
+    """num_retries, cooldown_time and allowed_fails from router_settings are honoured."""
+    path = write_config(
+        {
+            "model_list": [MOCK],
+            "router_settings": {
+                "num_retries": 4,
+                "cooldown_time": 12,
+                "allowed_fails": 2,
+                "routing_strategy": "least-busy",
+            },
+        }
+    )
+    warnings: list[str] = []
+    settings = load_settings(str(path), {}, warnings.append)
+    assert (settings.router.num_retries, settings.router.cooldown_seconds) == (4, 12)
+    assert settings.router.allowed_fails == 2
+    assert warnings == ["router_settings.routing_strategy is not supported yet and is ignored"]

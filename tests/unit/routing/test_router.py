@@ -5,8 +5,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import msgspec
+import pytest
+
+from proxy.errors import NoDeploymentAvailableError
 from proxy.routing import Router
-from proxy.settings import DeploymentParams, ModelEntry, Settings
+from proxy.settings import DeploymentParams, ModelEntry, RouterSettings, Settings
 
 
 def _settings(*entries: tuple[str, str, float | None, int | None]) -> Settings:
@@ -38,3 +42,64 @@ def test_rpm_is_the_weight_when_no_weight_is_given() -> None:
     """Without weights, deployments share traffic by their rpm."""
     router = Router(_settings(("a", "mock/x", None, 900), ("a", "mock/y", None, 100)))
     assert [d.weight for d in router.deployments] == [900.0, 100.0]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _two(clock: _Clock, **router: float) -> Router:
+    settings = _settings(("a", "mock/x", None, None), ("a", "mock/y", None, None))
+    settings = msgspec.structs.replace(
+        settings, router=RouterSettings(cooldown_seconds=10, allowed_fails=1, **router)
+    )
+    return Router(settings, rng=random.Random(1), clock=clock)
+
+
+def test_failures_beyond_allowed_cool_a_deployment_until_it_expires() -> None:
+    """Two failures within a minute (allowed_fails 1) skip x for cooldown_seconds."""
+    clock = _Clock()
+    router = _two(clock)
+    x, y = router.deployments
+    router.failed(x, rate_limited=False, retry_after=None)
+    assert not router.cooling(x.id)
+    router.failed(x, rate_limited=False, retry_after=None)
+    assert {router.pick("a").id for _ in range(50)} == {y.id}  # type: ignore[union-attr]
+    clock.now = 10.5
+    assert {router.pick("a").id for _ in range(200)} == {x.id, y.id}  # type: ignore[union-attr]
+
+
+def test_rate_limit_cools_at_once_for_retry_after() -> None:
+    """An upstream 429 cools the deployment at once, for its retry-after if longer."""
+    clock = _Clock()
+    router = _two(clock)
+    x, y = router.deployments
+    router.failed(x, rate_limited=True, retry_after=30)
+    router.failed(y, rate_limited=True, retry_after=None)
+    with pytest.raises(NoDeploymentAvailableError) as info:
+        router.pick("a")
+    assert info.value.status == 429
+    assert info.value.retry_after == 10  # y is back first
+    clock.now = 11
+    assert router.pick("a") is y
+
+
+def test_exclusion_prefers_untried_deployments() -> None:
+    """A retry goes to a deployment not tried yet while one is left."""
+    router = _two(_Clock())
+    x, y = router.deployments
+    assert {router.pick("a", exclude=[x.id]).id for _ in range(50)} == {y.id}  # type: ignore[union-attr]
+    assert router.pick("a", exclude=[x.id, y.id]) in (x, y)
+
+
+def test_a_lone_deployment_never_cools() -> None:
+    """With nothing to fail over to, cooling down would only turn errors into 429s."""
+    router = Router(_settings(("a", "mock/x", None, None)))
+    (x,) = router.deployments
+    for _ in range(10):
+        router.failed(x, rate_limited=True, retry_after=60)
+    assert router.pick("a") is x
