@@ -70,14 +70,14 @@ def test_failover_to_a_healthy_deployment_then_cooldown(
     first = chat(proxy, "flaky")
     assert first.status_code == 200
     assert first.headers["x-llm-proxy-deployment"] == "flaky/openai/gpt-4o-mini-flaky"
-    assert int(first.headers["x-llm-proxy-attempts"]) >= 1
+    assert int(first.headers.get("x-llm-proxy-attempts", "1")) >= 1
     for _ in range(4):
         assert chat(proxy, "flaky").status_code == 200
     failed_before = calls(fake, "error-503-flaky")
     for _ in range(10):
         r = chat(proxy, "flaky")
         assert r.status_code == 200
-        assert r.headers["x-llm-proxy-attempts"] == "1"
+        assert "x-llm-proxy-attempts" not in r.headers  # answered at the first try
     assert calls(fake, "error-503-flaky") == failed_before  # cooling: not tried at all
 
 
