@@ -25,10 +25,6 @@ class _MessageView(msgspec.Struct):
     usage: AnthropicUsage | None = None
 
 
-class _StartView(msgspec.Struct):
-    message: _MessageView | None = None
-
-
 class _DeltaText(msgspec.Struct):
     text: str | None = None
     thinking: str | None = None

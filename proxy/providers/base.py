@@ -52,14 +52,6 @@ class ParsedResponse:
 
 
 @dataclass(slots=True)
-class StreamOutput:
-    """What one upstream chunk turns into: bytes for the client, and whether the stream ended."""
-
-    data: bytes
-    done: bool = False
-
-
-@dataclass(slots=True)
 class StreamAccount:
     """Side record of a stream for accounting: usage if reported, else the raw events."""
 

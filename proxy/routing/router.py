@@ -137,9 +137,6 @@ class Router:
     def deployments(self) -> list[Deployment]:
         return [d for g in self._groups.values() for d in g.deployments]
 
-    def has(self, alias: str) -> bool:
-        return alias in self._groups
-
     def pick(self, alias: str, exclude: Collection[str] = ()) -> Deployment | None:
         """A deployment for ``alias``, or None for an unknown alias.
 
