@@ -27,6 +27,17 @@ SUMMARY_TOTALS = (
 )
 
 
+def summary_sql(group: str, where: str) -> str:
+    """The usage_summary query; ``group`` and ``where`` are in each backend's dialect.
+
+    Its columns are ``summary_row``'s order: the group column(s), then ``SUMMARY_TOTALS``.
+    """
+    return (
+        f"SELECT {group}, count(*), sum(prompt_tokens), sum(completion_tokens),"
+        f" sum(total_tokens), sum(cost_usd) FROM usage_records {where} GROUP BY 1 ORDER BY 1"
+    )
+
+
 class Store(Protocol):
     """Virtual keys and usage records in one database (PostgreSQL or SQLite)."""
 

@@ -31,6 +31,7 @@ from proxy.store.base import (
     checked_update,
     per_request_unique,
     summary_row,
+    summary_sql,
     utc,
 )
 from proxy.store.errors import DatabaseError, DatabaseUnavailableError, KeyExistsError
@@ -289,11 +290,7 @@ class PostgresStore:
                 "started_at < {}": None if end is None else utc(end),
             }
         )
-        sql = (
-            f"SELECT {_SUMMARY_GROUPS[group_by]}, count(*), sum(prompt_tokens),"
-            " sum(completion_tokens), sum(total_tokens), sum(cost_usd)"
-            f" FROM usage_records {where} GROUP BY 1 ORDER BY 1"
-        )
+        sql = summary_sql(_SUMMARY_GROUPS[group_by], where)
         async with self._connection() as con:
             rows = await con.fetch(sql, *args)
         return [summary_row(group_by, tuple(row)) for row in rows]

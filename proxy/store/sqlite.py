@@ -30,6 +30,7 @@ from proxy.store.base import (
     checked_update,
     per_request_unique,
     summary_row,
+    summary_sql,
     utc,
 )
 from proxy.store.errors import DatabaseError, DatabaseUnavailableError, KeyExistsError
@@ -274,11 +275,7 @@ class SqliteStore:
                 "started_at < ?": None if end is None else _encode(end),
             }
         )
-        sql = (
-            f"SELECT {_SUMMARY_GROUPS[group_by]}, count(*), sum(prompt_tokens),"
-            " sum(completion_tokens), sum(total_tokens), sum(cost_usd)"
-            f" FROM usage_records {where} GROUP BY 1 ORDER BY 1"
-        )
+        sql = summary_sql(_SUMMARY_GROUPS[group_by], where)
         async with self._connection() as db:
             rows = await db.execute_fetchall(sql, args)
         return [summary_row(group_by, tuple(row)) for row in rows]
