@@ -125,8 +125,8 @@ class Ledger:
 
         The key goes first: a key over its limit must not use up the deployment's capacity.
         """
-        if self._limiter is None:
-            return
+        if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
+            return  # the common case without keys: nothing to build per request
         key_limits = limits_of(entry.record) if entry.record is not None else None
         subjects = [
             (subject, limits)

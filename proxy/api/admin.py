@@ -5,7 +5,7 @@ Shapes follow LiteLLM's endpoints where they exist, so migration scripts keep wo
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -150,7 +150,7 @@ def _date_arg(request: Request, name: str) -> datetime | None:
         raise InvalidRequestError(
             f"'{name}' must be an ISO date or date-time, e.g. 2026-11-01.", param=name
         ) from exc
-    if isinstance(parsed, date) and parsed.tzinfo is None:
+    if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
