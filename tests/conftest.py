@@ -10,13 +10,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 
-# Timing is not what property tests check: on a loaded 2-core machine generation can be
-# slow, and a timed health check or deadline would fail a correct test.
-settings.register_profile(
-    "llm-proxy", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile("llm-proxy")
-
 # The real Postgres and Redis, for every test folder (fail under CI=true when missing).
 from tests.integration.conftest import (  # noqa: F401 - fixtures
     pg_schema,
@@ -24,6 +17,11 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures
     redis_key_prefix,
     redis_url,
 )
+
+# Timing is not what property tests check: on a loaded 2-core machine generation can be
+# slow, and a timed health check or deadline would fail a correct test.
+settings.register_profile("llm-proxy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("llm-proxy")
 
 WriteConfig = Callable[[dict[str, Any]], Path]
 
