@@ -9,6 +9,7 @@ No Sanic types here: the API layer hands in the body and headers and gets back a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import random
@@ -90,6 +91,11 @@ def api_key_from(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or headers.get("api-key") or None
 
 
+def master_key_actor(key: str) -> str:
+    """An admin's name in the audit log: a master key's fingerprint, never the key."""
+    return "master-key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def decode_request(op: Operation, body: bytes) -> RequestView:
     """Validate the fields the proxy acts on; a 400 names the bad field."""
     if not body.strip():
@@ -162,8 +168,12 @@ class Pipeline:
             raise AuthenticationError("Incorrect API key provided.")
         return await self._keys.authenticate(key)
 
-    def authenticate_admin(self, headers: Mapping[str, str]) -> None:
-        """The admin API takes the master key only."""
+    def authenticate_admin(self, headers: Mapping[str, str]) -> str:
+        """The admin API takes the master key only; returns who acted, for the audit log.
+
+        The actor is ``master-key:`` and the first 12 hex digits of the key's SHA-256: it
+        tells rotated keys apart without revealing either.
+        """
         if self._master_key is None:
             raise AuthenticationError(
                 "The admin API needs a master key: set LLM_PROXY_MASTER_KEY.",
@@ -172,6 +182,7 @@ class Pipeline:
         key = api_key_from(headers)
         if key is None or not hmac.compare_digest(key.encode(), self._master_key):
             raise AuthenticationError("The admin API needs the master key.")
+        return master_key_actor(key)
 
     async def allowed_models(self, headers: Mapping[str, str]) -> list[str]:
         record = await self.caller(headers)
