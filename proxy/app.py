@@ -23,6 +23,7 @@ from proxy.api import anthropic as anthropic_api
 from proxy.api import health
 from proxy.api import openai as openai_api
 from proxy.api.errors import OpenAIErrorHandler
+from proxy.cache import ResponseCache
 from proxy.context import AppContext
 from proxy.keys import KeyCache, KeyService
 from proxy.limits import LimitsSettings, create_key_events, create_limiter
@@ -94,6 +95,7 @@ async def build_context(settings: Settings) -> AppContext:
         default_prices(),
         default_output_tokens=settings.limits.default_output_tokens,
     )
+    response_cache = ResponseCache.from_settings(settings.cache) if settings.cache else None
     pipeline = Pipeline(
         router,
         transports,
@@ -103,6 +105,7 @@ async def build_context(settings: Settings) -> AppContext:
         ledger=ledger,
         access=logs.AccessLog(settings.server.access_log),
         retry=settings.router,
+        cache=response_cache,
     )
     return AppContext(
         settings,
@@ -115,6 +118,7 @@ async def build_context(settings: Settings) -> AppContext:
         events=events,
         writer=writer,
         ledger=ledger,
+        cache=response_cache,
         database_ok=database_ok,
     )
 

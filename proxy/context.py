@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from proxy.accounting import Ledger
+from proxy.cache import ResponseCache
 from proxy.keys import KeyService
 from proxy.limits import KeyEventBus, Limiter
 from proxy.pipeline import Pipeline
@@ -34,6 +35,7 @@ class AppContext:
     events: KeyEventBus | None = None
     writer: SpendWriter | None = None
     ledger: Ledger | None = None
+    cache: ResponseCache | None = None
     database_ok: bool = True
     started_at: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
@@ -55,6 +57,8 @@ class AppContext:
             checks["usage_writer"] = "ok" if self.writer.healthy else "buffering"
             checks["usage_queue"] = self.writer.queue_depth
             degraded |= not self.writer.healthy
+        if self.cache is not None:
+            checks["cache"] = type(self.cache.backend).__name__
         if self.store is not None:
             checks["database"] = "ok" if self.database_ok else "unavailable at start-up"
             degraded |= not self.database_ok
@@ -63,11 +67,12 @@ class AppContext:
 
     async def aclose(self) -> None:
         # Order matters: settle reservations, flush usage, then close what they write to.
+        await self.pipeline.drain()  # cache writes under way
         if self.ledger is not None:
             await self.ledger.aclose()
         if self.writer is not None:
             await self.writer.aclose()
-        for closer in (self.events, self.limiter, self.store):
+        for closer in (self.events, self.limiter, self.store, self.cache):
             if closer is not None:
                 try:
                     await closer.aclose()

@@ -140,6 +140,18 @@ CONNECTIONS_OPEN = Gauge(
     "Client connections open right now (kept-alive idle ones included).",
     multiprocess_mode="livesum",
 )
+# -- response cache -----------------------------------------------------------------------
+CACHE_LOOKUPS = Counter(
+    "llm_proxy_cache_lookups",
+    "Response-cache lookups, by route and result: hit (answered from the cache) or miss "
+    "(asked upstream; embeddings: any item missing).",
+    ["route", "result"],
+)
+CACHE_BYPASSES = Counter(
+    "llm_proxy_cache_bypasses",
+    "Cache operations skipped because the cache store (Redis) was slow or unreachable; the "
+    "request went upstream without an error.",
+)
 QUEUE_DEPTH = Gauge(
     "llm_proxy_queue_depth",
     "Requests waiting for an upstream connection slot of a deployment.",
@@ -283,6 +295,8 @@ class Recorder:
     once. Methods take label values, never label dicts."""
 
     __slots__ = (
+        "_bypasses",
+        "_cache",
         "_cost",
         "_counts",
         "_durations",
@@ -310,6 +324,8 @@ class Recorder:
         self._overheads: dict[Hashable, Histogram] = {}
         self._ttfts: dict[Hashable, Histogram] = {}
         self._rates: dict[Hashable, Histogram] = {}
+        self._cache: dict[Hashable, Counter] = {}
+        self._bypasses = 0  # the cache backend's bypass count already exported
 
     def model_label(self, model: str | None) -> str:
         return model if model in self._known else "other"
@@ -396,6 +412,20 @@ class Recorder:
             key = (model,)
             hist = self._rates.get(key) or _child(self._rates, OUTPUT_RATE, key)
             hist.observe(tokens / seconds)
+
+    # -- response cache -----------------------------------------------------------------
+    def cache_lookup(self, route: str, *, hit: bool, bypasses: int) -> None:
+        """One lookup; ``bypasses`` is the backend's running count of skipped operations."""
+        if not self.enabled:
+            return
+        key = (route, hit)
+        counter = self._cache.get(key)
+        if counter is None:
+            counter = self._cache[key] = CACHE_LOOKUPS.labels(route, "hit" if hit else "miss")
+        counter.inc()
+        if bypasses > self._bypasses:
+            CACHE_BYPASSES.inc(bypasses - self._bypasses)
+            self._bypasses = bypasses
 
     # -- saturation ---------------------------------------------------------------------
     def queue(self, delta: int) -> None:

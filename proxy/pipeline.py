@@ -14,7 +14,7 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,6 +23,19 @@ import orjson
 
 from proxy import tokens
 from proxy.accounting import Entry, Ledger
+from proxy.cache import (
+    CacheControls,
+    CachedEntry,
+    EmbeddingLookup,
+    ResponseCache,
+    assemble_chat_completion,
+    make_entry,
+    merge_embeddings,
+    missing_input_body,
+    parse_controls,
+    replay_as_stream,
+    strip_cache_field,
+)
 from proxy.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -79,6 +92,27 @@ class Reply:
 class StreamReply:
     chunks: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=lambda: dict(SSE_HEADERS))
+
+
+@dataclass(slots=True)
+class CacheStep:
+    """One request's dealings with the response cache: what it looked up and found."""
+
+    cache: ResponseCache
+    alias: str
+    data: dict[str, Any]  # the decoded body: the cache key is derived from it
+    controls: CacheControls
+    upstream_body: bytes  # what goes upstream on a miss: no ``cache`` field, missing items
+    key: str | None = None  # chat and completions: the entry's key
+    hit: CachedEntry | None = None
+    embeddings: EmbeddingLookup | None = None  # embeddings: per input item
+
+    @property
+    def answered(self) -> bool:
+        """Whether the cache alone answers the request (nothing to ask upstream)."""
+        if self.embeddings is not None:
+            return not self.embeddings.missing
+        return self.hit is not None
 
 
 def api_key_from(headers: Mapping[str, str]) -> str | None:
@@ -139,6 +173,7 @@ class Pipeline:
         ledger: Ledger | None = None,
         access: AccessLog | None = None,
         retry: RouterSettings | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._retry = retry or RouterSettings()
         self._router = router
@@ -148,6 +183,8 @@ class Pipeline:
         self._master_key = master_key.encode() if master_key else None
         self._keys = keys
         self._ledger = ledger or Ledger(None, None, PriceTable({}))
+        self._cache = cache
+        self._background: set[asyncio.Task[None]] = set()
 
     async def caller(self, headers: Mapping[str, str]) -> KeyRecord | None:
         """Who is asking: a virtual key's record, or None for the master key (or no auth).
@@ -288,20 +325,32 @@ class Pipeline:
             model = self._recorder.model_label(view.model)
             entry = Entry(request_id=request_id, alias=view.model, record=record)
             deployment = self._route(entry)
+            stream = bool(getattr(view, "stream", False))
+            options = getattr(view, "stream_options", None)
+            wants_usage = bool(options and options.include_usage)
+            step: CacheStep | None = None
+            cache = self._cache
+            if cache is not None and cache.caches(route):
+                step = await self._look_up(cache, route, view.model, body, headers)
+                if step.answered:
+                    return await self._serve_cached(
+                        step, op, entry, route=route, model=model, wants_usage=wants_usage
+                    )
+                body = step.upstream_body
+            elif b'"cache"' in body:
+                body = strip_cache_field(body)  # LiteLLM's per-request controls stay here
             upstream_model = deployment.params.upstream_model
             await self._ledger.admit(
                 entry,
                 prompt_tokens=lambda: count_usage(view, upstream_model, None).prompt_tokens,
                 max_tokens=_max_tokens(view),
             )
-            stream = bool(getattr(view, "stream", False))
-            options = getattr(view, "stream_options", None)
             req = ParsedRequest(
                 op=op,
                 alias=view.model,
                 body=body,
                 stream=stream,
-                client_wants_usage=bool(options and options.include_usage),
+                client_wants_usage=wants_usage,
             )
 
             def build(dep: Deployment) -> tuple[UpstreamRequest, None]:
@@ -316,6 +365,8 @@ class Pipeline:
                 **entry.headers(),
                 **_routing_headers(entry),
             }
+            if step is not None:
+                reply_headers["x-cache"] = "MISS"
             if stream:
                 relay = self._relay(
                     resp=resp,
@@ -326,17 +377,152 @@ class Pipeline:
                     entry=entry,
                     sent=sent,
                     error_event=_openai_error_event,
+                    keep=None if step is None else self._stream_keeper(step),
                 )
                 return StreamReply(relay, {**SSE_HEADERS, **reply_headers})
             raw = await self._read(deployment, resp, sent)
             upstream_seconds = time.perf_counter() - sent
             parsed = deployment.adapter.parse_response(req, raw)
+            answer = parsed.body
+            if step is not None:
+                answer = await self._keep_answer(step, answer)
         except BaseException as exc:
             self._failed(exc, route, model, started, entry)
             raise
         usage = parsed.usage or count_usage(view, upstream_model, None)
         self._succeeded(route, model, entry, usage, upstream_seconds)
-        return Reply(200, parsed.body, {**JSON_HEADERS, **reply_headers})
+        return Reply(200, answer, {**JSON_HEADERS, **reply_headers})
+
+    # -- the response cache ---------------------------------------------------------------
+    async def _look_up(
+        self,
+        cache: ResponseCache,
+        route: str,
+        alias: str,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> CacheStep:
+        """Parse the request's cache controls and look its answer up (per item: embeddings)."""
+        data: dict[str, Any] = orjson.loads(body)  # decode_request saw a valid JSON object
+        controls = parse_controls(data, headers)
+        step = CacheStep(cache, alias, data, controls, strip_cache_field(body, data))
+        if route == "embeddings":
+            found = step.embeddings = await cache.lookup_embeddings(alias, data, controls)
+            if found.missing and len(found.missing) != len(found.keys):
+                step.upstream_body = missing_input_body(data, found.missing)
+        else:
+            step.key = cache.key(alias, data, controls)
+            step.hit = await cache.lookup(alias, data, controls, key=step.key)
+        self._recorder.cache_lookup(route, hit=step.answered, bypasses=cache.bypasses)
+        return step
+
+    async def _serve_cached(
+        self,
+        step: CacheStep,
+        op: Operation,
+        entry: Entry,
+        *,
+        route: str,
+        model: str,
+        wants_usage: bool,
+    ) -> Reply | StreamReply:
+        """Answer from the cache: no upstream call, usage recorded at cost 0."""
+        entry.deployment = entry.provider = entry.model = None
+        entry.deployment_limits = None  # the deployment does no work for a hit
+        if step.embeddings is not None:
+            body = merge_embeddings(step.embeddings.hits, None, [], model=step.alias)
+            usage = Usage(0, 0, 0)
+        else:
+            assert step.hit is not None  # step.answered
+            hit = step.hit
+            body = hit.body
+            total = hit.prompt_tokens + hit.completion_tokens
+            usage = Usage(hit.prompt_tokens, hit.completion_tokens, total)
+        await self._ledger.admit(
+            entry, prompt_tokens=lambda: usage.prompt_tokens, max_tokens=usage.completion_tokens
+        )
+        headers = {**entry.headers(), "x-cache": "HIT"}
+        if step.hit is not None and step.data.get("stream"):
+            events = replay_as_stream(
+                step.hit, include_usage=wants_usage, chat=op is Operation.CHAT
+            )
+            replay = self._replay(events, entry, route, model, usage)
+            return StreamReply(replay, {**SSE_HEADERS, **headers})
+        self._succeeded(route, model, entry, usage, 0.0, cache_hit=True)
+        return Reply(200, body, {**JSON_HEADERS, **headers})
+
+    async def _replay(
+        self, events: list[bytes], entry: Entry, route: str, model: str, usage: Usage
+    ) -> AsyncIterator[bytes]:
+        """A cached answer's stream events, accounted like a live stream once it ends."""
+        recorder = self._recorder
+        recorder.stream_opened()
+        status = CLIENT_CLOSED
+        try:
+            entry.first_byte = time.perf_counter()
+            recorder.first_token(model, entry.first_byte - entry.started)
+            for event in events:
+                yield event
+            status = 200
+        finally:
+            recorder.stream_closed()
+            total = time.perf_counter() - entry.started
+            recorder.finished(route, model, status, total)
+            error_type = None if status == 200 else "client_closed"
+            if status == 200:
+                recorder.overhead(route, total)
+            else:
+                recorder.error(route, "none", "client_closed")
+            self._ledger.close(
+                entry, status=status, usage=usage, error_type=error_type, cache_hit=True
+            )
+            if self._access.enabled:
+                self._log(entry, route, status, total, usage=usage, cost=0.0, error_type=error_type)
+
+    async def _keep_answer(self, step: CacheStep, answer: bytes) -> bytes:
+        """Store a fresh non-stream answer; embeddings: the answer merged with cached items."""
+        cache = step.cache
+        found = step.embeddings
+        if found is None:
+            entry = make_entry(answer)
+            self._store(cache.store(step.alias, step.data, step.controls, entry, key=step.key))
+            return answer
+        fresh = cache.store_embeddings(
+            step.alias, step.data, step.controls, answer, found.missing, keys=found.keys
+        )
+        self._store(fresh)
+        if len(found.missing) == len(found.keys):
+            return answer  # nothing came from the cache
+        return merge_embeddings(found.hits, answer, found.missing, model=step.alias)
+
+    def _stream_keeper(self, step: CacheStep) -> Callable[[list[bytes], Usage], None]:
+        """What stores a streamed miss once it has ended normally (never a truncated one)."""
+
+        def keep(chunks: list[bytes], usage: Usage) -> None:
+            answer = assemble_chat_completion(chunks, usage=usage)
+            if answer is None:
+                return
+            entry = CachedEntry(time.time(), answer, usage.prompt_tokens, usage.completion_tokens)
+            self._store(step.cache.store(step.alias, step.data, step.controls, entry, key=step.key))
+
+        return keep
+
+    def _store(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a cache write off the request path (the backends never raise for their store
+        being away; anything else is a bug worth a log line, not a failed request)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._stored)
+
+    def _stored(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("storing a cache entry failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the cache writes under way (graceful shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def run_messages(
         self, body: bytes, headers: Mapping[str, str], request_id: str = ""
@@ -433,14 +619,22 @@ class Pipeline:
         return raw
 
     def _succeeded(
-        self, route: str, model: str, entry: Entry, usage: Usage, upstream_seconds: float
+        self,
+        route: str,
+        model: str,
+        entry: Entry,
+        usage: Usage,
+        upstream_seconds: float,
+        *,
+        cache_hit: bool = False,
     ) -> None:
         total = time.perf_counter() - entry.started
         recorder = self._recorder
-        recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
+        if not cache_hit:  # tokens the upstream processed
+            recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
         recorder.finished(route, model, 200, total)
         recorder.overhead(route, total - upstream_seconds)
-        cost = self._ledger.close(entry, status=200, usage=usage)
+        cost = self._ledger.close(entry, status=200, usage=usage, cache_hit=cache_hit)
         recorder.cost(model, cost)
         if self._access.enabled:
             self._log(entry, route, 200, total, usage=usage, cost=cost)
@@ -513,9 +707,14 @@ class Pipeline:
         entry: Entry,
         sent: float,
         error_event: Callable[[ProxyError], bytes],
+        keep: Callable[[list[bytes], Usage], None] | None = None,
     ) -> AsyncIterator[bytes]:
-        """Forward each upstream chunk as it arrives; account once the stream is over."""
+        """Forward each upstream chunk as it arrives; account once the stream is over.
+
+        ``keep`` gets everything sent and the usage when the stream ended normally.
+        """
         recorder = self._recorder
+        kept: list[bytes] | None = [] if keep is not None else None
         recorder.stream_opened()
         status = CLIENT_CLOSED
         error_type: str | None = "client_closed"
@@ -528,6 +727,8 @@ class Pipeline:
                     if entry.first_byte is None:
                         entry.first_byte = time.perf_counter()
                         recorder.first_token(model, entry.first_byte - entry.started)
+                    if kept is not None:
+                        kept.append(out)
                     yield out
             upstream_end = time.perf_counter()
             tail = translator.finish()
@@ -537,6 +738,8 @@ class Pipeline:
             else:
                 status, error_type = 200, None
             if tail:
+                if kept is not None:
+                    kept.append(tail)
                 yield tail
         except ProxyError as exc:
             status, error_type, kind = exc.status, exc.type, error_type_of(exc)
@@ -570,6 +773,8 @@ class Pipeline:
                 recorder.error(route, provider, kind)
             cost = self._ledger.close(entry, status=status, usage=usage, error_type=error_type)
             recorder.cost(model, cost)
+            if status == 200 and keep is not None and kept is not None:
+                keep(kept, usage)
             if self._access.enabled:
                 self._log(
                     entry,

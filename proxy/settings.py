@@ -18,6 +18,8 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from proxy.cache_settings import CacheSettings, from_litellm
+
 PROVIDERS = ("openai", "azure", "anthropic", "mock")
 ENV_PREFIX = "os.environ/"
 
@@ -151,6 +153,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: KeysSettings = KeysSettings()
     usage: UsageSettings = UsageSettings()
     router: RouterSettings = RouterSettings()
+    cache: CacheSettings | None = None  # absent: no response cache
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -158,10 +161,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # LiteLLM settings we accept without acting on them yet: warn once, do not fail.
-_IGNORED_TOP_LEVEL = ("litellm_settings",)
 _OUR_SECTIONS = (
     "model_list", "server", "master_key", "database", "limits", "keys", "usage", "router",
+    "cache",
 )  # fmt: skip
+_LITELLM_CACHE_KEYS = ("cache", "cache_params")
 # LiteLLM's router_settings that map onto ours.
 _ROUTER_ALIASES = {
     "num_retries": "num_retries",
@@ -227,9 +231,8 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
                     data.setdefault("router", {}).setdefault(_ROUTER_ALIASES[sub], item)
                 else:
                     warnings.append(f"router_settings.{sub} is not supported yet and is ignored")
-        elif key in _IGNORED_TOP_LEVEL:
-            for sub in value or {}:
-                warnings.append(f"{key}.{sub} is not supported yet and is ignored")
+        elif key == "litellm_settings":
+            _take_litellm_settings(value, data, lookup, warnings)
         else:
             raise ConfigError(f"{key}: unknown setting")
     models = data.get("model_list")
@@ -245,7 +248,7 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
                 # whose key is not in the environment is left out, loudly, not fatal.
                 warnings.append(f"{exc}; this deployment is disabled")
         data["model_list"] = entries
-    for section, key in (("database", "url"), ("limits", "redis_url")):
+    for section, key in (("database", "url"), ("limits", "redis_url"), ("cache", "redis_url")):
         part = data.get(section)
         if isinstance(part, dict) and isinstance(part.get(key), str):
             part[key] = _resolve(part[key], f"{section}.{key}", lookup)
@@ -255,6 +258,35 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
         except _UnsetVariableError as exc:
             raise ConfigError(str(exc)) from None  # never run open by accident
     return data
+
+
+def _take_litellm_settings(
+    value: Any, data: dict[str, Any], lookup: Mapping[str, str], warnings: list[str]
+) -> None:
+    """``litellm_settings``: its ``cache`` / ``cache_params`` become our ``cache`` section."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError("litellm_settings: expected a mapping")
+    for sub in value:
+        if sub not in _LITELLM_CACHE_KEYS:
+            warnings.append(f"litellm_settings.{sub} is not supported yet and is ignored")
+    if "cache" in data:
+        return  # our own section wins
+    params = value.get("cache_params")
+    if isinstance(params, dict):
+        params = {
+            k: _resolve(v, f"litellm_settings.cache_params.{k}", lookup)
+            if isinstance(v, str)
+            else v
+            for k, v in params.items()
+        }
+    try:
+        cache = from_litellm({**value, "cache_params": params}, env=lookup, warn=warnings.append)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cache is not None:
+        data["cache"] = msgspec.to_builtins(cache)
 
 
 def _take_general_settings(value: Any, data: dict[str, Any], warnings: list[str]) -> None:
@@ -355,6 +387,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             target = data.setdefault(section, {})
             if isinstance(target, dict):
                 target[key] = env[name]
+    cache = data.get("cache")
+    if isinstance(cache, dict) and cache.get("type") == "redis" and not cache.get("redis_url"):
+        limits = data.get("limits")
+        if isinstance(limits, dict) and limits.get("redis_url"):
+            cache["redis_url"] = limits["redis_url"]  # one Redis for all, unless told otherwise
 
 
 def _convert(data: dict[str, Any]) -> Settings:
@@ -384,6 +421,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.max_request_bytes: expected at least 1024")
     if settings.database.pool_max < 1 or settings.database.pool_min > settings.database.pool_max:
         raise ConfigError("database.pool_max: expected at least 1 and at least pool_min")
+    if settings.cache is not None:
+        try:
+            settings.cache.check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     r = settings.router
     if r.num_retries < 0 or r.allowed_fails < 0 or r.cooldown_seconds < 0:
         raise ConfigError("router: num_retries, allowed_fails and cooldown_seconds must be >= 0")

@@ -34,7 +34,7 @@ from proxy.cache.keys import cache_key, embedding_keys
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis_backend import RedisCache
 from proxy.cache.replay import replay_as_stream
-from proxy.cache.settings import ALL_ROUTES, CacheSettings, Route, from_litellm
+from proxy.cache_settings import ALL_ROUTES, CacheSettings, Route, from_litellm
 
 __all__ = [
     "NO_CONTROLS",

@@ -192,3 +192,65 @@ def test_litellm_router_settings_map_onto_ours(write_config: WriteConfig) -> Non
     assert (settings.router.num_retries, settings.router.cooldown_seconds) == (4, 12)
     assert settings.router.allowed_fails == 2
     assert warnings == ["router_settings.routing_strategy is not supported yet and is ignored"]
+
+
+def test_cache_section_and_redis_url_default(write_config: WriteConfig) -> None:
+    """``cache:`` is ours; a Redis cache without a URL uses the limiter's Redis."""
+    path = write_config({"model_list": [MOCK], "cache": {"type": "redis", "ttl": 60}})
+    settings = load_settings(str(path), {"REDIS_URL": "redis://r:6379/1"}, lambda _: None)
+    assert settings.cache is not None
+    assert settings.cache.type == "redis"
+    assert settings.cache.ttl == 60
+    assert settings.cache.redis_url == "redis://r:6379/1"
+    assert load_settings(None, {}, lambda _: None).cache is None
+
+
+def test_litellm_cache_params_map_onto_the_cache_section(write_config: WriteConfig) -> None:
+    """LiteLLM's ``cache: true`` + ``cache_params`` keep their behaviour, secrets resolved."""
+    path = write_config(
+        {
+            "model_list": [MOCK],
+            "litellm_settings": {
+                "cache": True,
+                "cache_params": {
+                    "type": "redis",
+                    "host": "cache.internal",
+                    "port": 6380,
+                    "password": "os.environ/CACHE_PASSWORD",
+                    "ttl": 600,
+                    "namespace": "prod",
+                },
+                "set_verbose": False,
+            },
+        }
+    )
+    warnings: list[str] = []
+    settings = load_settings(str(path), {"CACHE_PASSWORD": "p@ss"}, warnings.append)
+    assert settings.cache is not None
+    assert settings.cache.redis_url == "redis://:p%40ss@cache.internal:6380/0"
+    assert (settings.cache.ttl, settings.cache.namespace) == (600, "prod")
+    assert warnings == ["litellm_settings.set_verbose is not supported yet and is ignored"]
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ({"type": "disk"}, "cache.type"),
+        ({"ttl": 0}, "cache.ttl: must be positive"),
+        ({"type": "redis"}, "cache.redis_url: required"),
+    ],
+)
+def test_bad_cache_settings_name_the_field(
+    write_config: WriteConfig, cache: dict[str, Any], message: str
+) -> None:
+    path = write_config({"model_list": [MOCK], "cache": cache})
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_settings(str(path), {}, lambda _: None)
+
+
+def test_litellm_local_cache_turns_the_memory_cache_on(write_config: WriteConfig) -> None:
+    path = write_config({"model_list": [MOCK], "litellm_settings": {"cache": True}})
+    settings = load_settings(str(path), {}, lambda _: None)
+    assert settings.cache is not None and settings.cache.type == "memory"
+    off = write_config({"model_list": [MOCK], "litellm_settings": {"cache": False}})
+    assert load_settings(str(off), {}, lambda _: None).cache is None

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from proxy.cache.settings import CacheSettings, from_litellm
+from proxy.cache_settings import CacheSettings, from_litellm
 
 
 def litellm(**params: Any) -> dict[str, Any]:

@@ -1,11 +1,14 @@
-"""Proposed settings for the response cache (the lead moves ``CacheSettings`` into
-proxy/settings.py), and the mapping from LiteLLM's ``litellm_settings.cache_params``.
+"""Settings of the response cache (the ``cache`` section of the config) and the mapping from
+LiteLLM's ``litellm_settings.cache`` / ``cache_params``.
+
+A module of its own, outside ``proxy.cache``, so that ``proxy.settings`` can use it without
+importing the cache's backends (which import the providers, which import the settings).
 
 ::
 
     cache:                       # absent: no response cache
       type: redis                # memory (per worker process) | redis (shared)
-      redis_url: redis://cache:6379/0
+      redis_url: redis://cache:6379/0   # default: limits.redis_url / REDIS_URL
       ttl: 3600
       namespace: prod
 
