@@ -12,13 +12,14 @@ from typing import Any
 from sanic import HTTPResponse, Request, Sanic
 
 from proxy.api.openai import check_content_type, context_of, request_id, send_result
+from proxy.api.response import Response
 from proxy.errors import ProxyError
 from proxy.providers.anthropic_reverse import openai_error_to_anthropic
 
 
 def _error(exc: ProxyError, rid: str) -> HTTPResponse:
     headers = {**exc.headers(), "x-request-id": rid}
-    return HTTPResponse(
+    return Response(
         openai_error_to_anthropic(exc),
         status=exc.status,
         headers=headers,
@@ -45,7 +46,7 @@ async def count_tokens(request: Request) -> HTTPResponse:
         )
     except ProxyError as exc:
         return _error(exc, rid)
-    return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
+    return Response(body, headers={"x-request-id": rid}, content_type="application/json")
 
 
 def register(app: Sanic[Any, Any]) -> None:

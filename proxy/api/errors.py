@@ -26,6 +26,7 @@ from sanic.exceptions import (
 from sanic.handlers import ErrorHandler
 
 from proxy import errors
+from proxy.api.response import Response
 
 log = logging.getLogger("llm_proxy")
 
@@ -34,7 +35,7 @@ def error_response(exc: errors.ProxyError, request_id: str | None = None) -> HTT
     headers = exc.headers()
     if request_id:
         headers["x-request-id"] = request_id
-    return HTTPResponse(
+    return Response(
         exc.to_json(), status=exc.status, headers=headers, content_type="application/json"
     )
 
@@ -66,7 +67,7 @@ class OpenAIErrorHandler(ErrorHandler):
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         if isinstance(exception, RequestCancelled | asyncio.CancelledError):
             # The client went away; nobody reads this answer and it is not our bug.
-            return HTTPResponse(status=499)
+            return Response(status=499)
         if isinstance(exception, errors.ProxyError):
             mapped = exception
         elif isinstance(exception, SanicException):

@@ -10,6 +10,7 @@ from typing import Any, cast
 import msgspec
 from sanic import HTTPResponse, Request, Sanic
 
+from proxy.api.response import Response
 from proxy.context import AppContext
 from proxy.errors import ModelNotFoundError, UnsupportedMediaTypeError
 from proxy.pipeline import Reply, StreamReply
@@ -62,7 +63,7 @@ async def send_result(
     """Answer with a JSON reply, or relay a stream chunk by chunk."""
     if isinstance(result, Reply):
         result.headers["x-request-id"] = rid
-        return HTTPResponse(
+        return Response(
             result.body,
             status=result.status,
             headers=result.headers,
@@ -79,7 +80,9 @@ async def send_result(
     except StopAsyncIteration:
         first = None
     try:
-        response = await request.respond(headers=headers, content_type="text/event-stream")
+        response = await request.respond(
+            Response(headers=headers, content_type="text/event-stream")
+        )
         if first:
             await response.send(first)
         async for data in chunks:
@@ -114,7 +117,7 @@ async def list_models(request: Request) -> HTTPResponse:
     ctx = context_of(request)
     aliases = await ctx.pipeline.allowed_models(request.headers)
     body = _encoder.encode(ModelList([_model(ctx, a) for a in aliases]))
-    return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
+    return Response(body, headers={"x-request-id": rid}, content_type="application/json")
 
 
 async def get_model(request: Request, model_id: str) -> HTTPResponse:
@@ -126,7 +129,7 @@ async def get_model(request: Request, model_id: str) -> HTTPResponse:
             param="model",
         )
     body = _encoder.encode(_model(ctx, model_id))
-    return HTTPResponse(body, headers={"x-request-id": rid}, content_type="application/json")
+    return Response(body, headers={"x-request-id": rid}, content_type="application/json")
 
 
 _ROUTES = (
