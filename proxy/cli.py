@@ -13,7 +13,7 @@ import msgspec
 
 from proxy.keys import KeyCache, KeyService
 from proxy.settings import Settings
-from proxy.store import DatabaseError, Store, open_store
+from proxy.store import DatabaseError, DatabaseUnavailableError, Store, open_store
 from proxy.wire.admin import GenerateKeyRequest
 
 _encoder = msgspec.json.Encoder()
@@ -34,7 +34,7 @@ async def migrate(settings: Settings) -> int:
     try:
         async with _store(settings) as store:
             version = await store.migrate()
-    except DatabaseError as exc:
+    except (DatabaseError, DatabaseUnavailableError) as exc:
         sys.stderr.write(f"llm-proxy: migration failed: {exc}\n")
         return 1
     sys.stdout.write(f"schema at version {version}\n")
@@ -69,7 +69,7 @@ async def run_key_command(settings: Settings, args: argparse.Namespace) -> int:
             # No publisher: running replicas drop changed keys when their cache TTL ends.
             service = KeyService(store, KeyCache())
             return await _key_command(service, args)
-    except DatabaseError as exc:
+    except (DatabaseError, DatabaseUnavailableError) as exc:
         sys.stderr.write(f"llm-proxy: {exc}\n")
         return 1
 
