@@ -27,13 +27,16 @@ class _Lease:
 
 
 class _Subject:
-    __slots__ = ("budgets", "leases", "token_sum", "tokens", "window")
+    __slots__ = ("budgets", "leases", "next_expiry", "token_sum", "tokens", "window")
 
     def __init__(self) -> None:
         self.window: deque[tuple[float, str]] = deque()  # (admitted at, request id), oldest first
         self.tokens: dict[str, int] = {}  # request id -> tokens charged while in the window
         self.token_sum = 0
         self.leases: dict[str, _Lease] = {}
+        # No lease expires before this (a lower bound: renewals only push expiries later),
+        # so pruning need not walk every lease on every admission.
+        self.next_expiry = float("inf")
         self.budgets: dict[int, list[int]] = {}  # window start -> [spend, reserved] (nano-USD)
 
 
@@ -120,7 +123,9 @@ class LocalLimiter:
                 state.tokens[request_id] = tokens
                 state.token_sum += tokens
         if limits.leased:
-            state.leases[request_id] = _Lease(now + self._lease_ttl, cost, start)
+            expires = now + self._lease_ttl
+            state.leases[request_id] = _Lease(expires, cost, start)
+            state.next_expiry = min(state.next_expiry, expires)
             budget[1] += cost
         oldest_reset = state.window[0][0] + self._window - now if state.window else 0.0
         return Admission(
@@ -181,13 +186,17 @@ class LocalLimiter:
         while state.window and state.window[0][0] <= cutoff:
             _, request_id = state.window.popleft()
             state.token_sum -= state.tokens.pop(request_id, 0)
-        current, _ = limits.budget_window(now)
-        for request_id, lease in list(state.leases.items()):
-            if lease.expires <= now:
-                del state.leases[request_id]
-                if lease.window in state.budgets:
-                    state.budgets[lease.window][1] -= lease.cost
+        if state.next_expiry <= now:
+            state.next_expiry = float("inf")
+            for request_id, lease in list(state.leases.items()):
+                if lease.expires <= now:
+                    del state.leases[request_id]
+                    if lease.window in state.budgets:
+                        state.budgets[lease.window][1] -= lease.cost
+                else:
+                    state.next_expiry = min(state.next_expiry, lease.expires)
         if len(state.budgets) > 1:  # windows past are closed; only the current one counts
+            current, _ = limits.budget_window(now)
             state.budgets = {k: v for k, v in state.budgets.items() if k >= current}
 
     def _tokens_free_in(self, state: _Subject, tokens: int, limits: Limits, now: float) -> float:

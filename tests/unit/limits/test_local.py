@@ -122,3 +122,26 @@ async def test_renew_moves_the_lease_expiry(limiter: LocalLimiter, clock: Clock)
     clock.now += 101
     admit(limiter, limits, "b")
     assert not await limiter.renew(stream)
+
+
+async def test_leases_expire_each_at_its_own_time(limiter: LocalLimiter, clock: Clock) -> None:
+    """Of several leases, each frees its slot at its own expiry, renewed ones later."""
+    limits = Limits(max_parallel_requests=3)
+    first = admit(limiter, limits, "a")
+    clock.now += 100
+    second = admit(limiter, limits, "b")
+    clock.now += 100
+    admit(limiter, limits, "c")
+    assert await limiter.renew(first)  # now expires at 800 s from the start
+    with pytest.raises(RateLimitedError):
+        admit(limiter, limits, "d")
+    clock.now += 501  # 701 s: b (700) has expired; a was renewed, c expires at 800
+    admit(limiter, limits, "d")
+    with pytest.raises(RateLimitedError):
+        admit(limiter, limits, "e")
+    clock.now += 100  # 801 s: a and c have expired
+    admit(limiter, limits, "e")
+    admit(limiter, limits, "f")
+    with pytest.raises(RateLimitedError):
+        admit(limiter, limits, "g")
+    assert not await limiter.renew(second)
