@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from proxy.cache.breaker import CircuitBreaker
 from proxy.cache.entry import CachedEntry, CorruptEntryError, decode_entry, encode_entry
+from proxy.tls import redis_from_url
 
 DEFAULT_KEY_PREFIX: Final = "llm-proxy:cache:"
 DEFAULT_TIMEOUT: Final = 0.05
@@ -50,7 +51,7 @@ class RedisCache:
         self.bypasses = 0
         self.corrupt = 0  # values that were not entries: read as misses
         self._timeout = timeout
-        self._client: Redis = Redis.from_url(
+        self._client: Redis = redis_from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,

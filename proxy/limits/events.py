@@ -22,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from proxy.tls import redis_from_url
+
 log = logging.getLogger("llm_proxy")
 
 OnKey = Callable[[str], None]
@@ -96,7 +98,7 @@ class KeyEvents:
         self._retry_interval = retry_interval
         self._idle_ping = idle_ping_interval
         # No socket timeout: a subscriber waits for messages; silence is checked by pings.
-        self._client: Redis = Redis.from_url(
+        self._client: Redis = redis_from_url(
             redis_url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self._subscribers = _Subscribers()

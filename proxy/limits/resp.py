@@ -8,6 +8,9 @@ kept-open connection (requests pipeline: many may be in flight, replies come bac
 order), parses replies with ``hiredis.Reader``, and checks one deadline timer per connection
 instead of a timeout object per call. A dead or slow connection fails every waiting call
 with ``RespUnavailableError`` and is replaced on the next call.
+
+``rediss://`` URLs get TLS with the options in the URL query (CA file, client certificate,
+hostname check; proxy/tls.py), set up once per client: the per-call path is the same.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+
+from proxy.tls import redis_ssl_context
 
 
 class RespUnavailableError(Exception):
@@ -85,7 +89,8 @@ class RespClient:
             raise ValueError(f"not a redis:// or rediss:// URL: {url!r}")
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
-        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        # rediss://: verified TLS, options in the URL query (proxy/tls.py); made once here.
+        self._ssl = redis_ssl_context(url)
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         path = parts.path.lstrip("/")
