@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import random
 import time
@@ -50,6 +49,7 @@ from proxy.providers import anthropic_native, anthropic_reverse
 from proxy.providers._sse import sse_event
 from proxy.providers.base import Operation, ParsedRequest, StreamTranslator, UpstreamRequest
 from proxy.routing import Deployment, Router
+from proxy.secrets import MasterKeys
 from proxy.settings import RouterSettings
 from proxy.store import KeyRecord
 from proxy.upstream import Transport, UpstreamResponse
@@ -167,7 +167,7 @@ class Pipeline:
         router: Router,
         transports: Mapping[str, Transport],
         recorder: Recorder,
-        master_key: str | None,
+        master_key: str | MasterKeys | None,
         *,
         keys: KeyService | None = None,
         ledger: Ledger | None = None,
@@ -180,7 +180,10 @@ class Pipeline:
         self._transports = transports
         self._recorder = recorder
         self._access = access or AccessLog(enabled=False)
-        self._master_key = master_key.encode() if master_key else None
+        # MasterKeys: the current key and previous ones in their grace period, rotated in place
+        self._master_keys = (
+            master_key if isinstance(master_key, MasterKeys) else MasterKeys(master_key)
+        )
         self._keys = keys
         self._ledger = ledger or Ledger(None, None, PriceTable({}))
         self._cache = cache
@@ -191,7 +194,7 @@ class Pipeline:
 
         With no master key configured the proxy is open and keys are not checked.
         """
-        if self._master_key is None:
+        if not self._master_keys.configured:
             return None
         key = api_key_from(headers)
         if key is None:
@@ -199,7 +202,7 @@ class Pipeline:
                 "Missing API key: send it as 'Authorization: Bearer <key>' "
                 "(or an 'x-api-key' / 'api-key' header)."
             )
-        if hmac.compare_digest(key.encode(), self._master_key):
+        if self._master_keys.matches(key):
             return None
         if self._keys is None:
             raise AuthenticationError("Incorrect API key provided.")
@@ -211,13 +214,13 @@ class Pipeline:
         The actor is ``master-key:`` and the first 12 hex digits of the key's SHA-256: it
         tells rotated keys apart without revealing either.
         """
-        if self._master_key is None:
+        if not self._master_keys.configured:
             raise AuthenticationError(
                 "The admin API needs a master key: set LLM_PROXY_MASTER_KEY.",
                 code="admin_disabled",
             )
         key = api_key_from(headers)
-        if key is None or not hmac.compare_digest(key.encode(), self._master_key):
+        if key is None or not self._master_keys.matches(key):
             raise AuthenticationError("The admin API needs the master key.")
         return master_key_actor(key)
 

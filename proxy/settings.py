@@ -12,16 +12,22 @@ The environment is read here and nowhere else.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, Literal, TypeVar, get_args
 
 import msgspec
 import yaml
 
+from proxy import tls
 from proxy.cache_settings import CacheSettings, from_litellm
+from proxy.secrets import SecretError, SecretFile, Target, env_secret, file_reference, read_secret
 
 PROVIDERS = ("openai", "azure", "anthropic", "mock")
 ENV_PREFIX = "os.environ/"
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -44,6 +50,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     metrics: bool = True
+    # how often file-backed secrets are checked for a change (0: only on SIGHUP)
+    secrets_check_seconds: float = 5.0
 
 
 class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -73,6 +81,12 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_output_tokens: int = 1024  # TPM/budget estimate when a request sets no max_tokens
 
 
+RoutingStrategy = Literal[
+    "simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing"
+]
+Fallbacks = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 class RouterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Retries to another deployment and cooldowns (LiteLLM's router_settings map here)."""
 
@@ -81,6 +95,21 @@ class RouterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_backoff_seconds: float = 5.0  # also the longest upstream retry-after waited for
     cooldown_seconds: float = 30.0
     allowed_fails: int = 3  # failures in a minute before a deployment cools down
+    # how to choose among an alias's deployments (proxy/routing/strategies.py)
+    strategy: RoutingStrategy = "simple-shuffle"
+    # aliases whose requests stick to one deployment per affinity key (prompt_cache_key,
+    # user, or system-prompt prefix), so provider-side prompt caches stay warm
+    sticky_aliases: tuple[str, ...] = ()
+    # a deployment at max_parallel_requests (or its rpm) queues requests fairly across
+    # keys; past the wait, or with this many already waiting for it, the client gets 429
+    queue_max_wait_seconds: float = 5.0
+    queue_max_depth: int = 100
+    # LiteLLM's router_settings.timeout: the timeout of deployments that set none
+    timeout: float | None = None
+    # (alias, (fallback aliases, in order)); from LiteLLM's [{alias: [fallbacks]}] form
+    fallbacks: Fallbacks = ()
+    context_window_fallbacks: Fallbacks = ()
+    content_policy_fallbacks: Fallbacks = ()
 
 
 class KeysSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -107,6 +136,10 @@ class DeploymentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tpm: int | None = None
     weight: float | None = None  # None: by rpm when set, else equal
     max_connections: int = 256
+    max_parallel_requests: int | None = None  # beyond this, requests queue (router.queue_*)
+    ttft_timeout: float | None = (
+        None  # streams: seconds to the first chunk (LiteLLM stream_timeout)
+    )
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     http2: bool = False
     client: Literal["h1", "aiohttp", "httpx"] = "h1"  # upstream HTTP client (bench/README.md)
@@ -144,16 +177,40 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return str(explicit) if explicit else f"{self.model_name}/{self.params.model}"
 
 
+class RedisTLSSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Files for every ``rediss://`` URL (REDIS_CA_FILE, REDIS_CERT_FILE, REDIS_KEY_FILE).
+
+    Folded into each URL as redis-py's query parameters where it names none (proxy/tls.py).
+    """
+
+    ca_file: str | None = None  # default: the system's CAs
+    cert_file: str | None = None  # client certificate, for tls-auth-clients
+    key_file: str | None = None
+
+
+class PreviousMasterKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A replaced master key, still accepted until ``expires`` (README: Secrets)."""
+
+    key: str
+    expires: datetime
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model_list: tuple[ModelEntry, ...] = ()
     server: ServerSettings = ServerSettings()
     master_key: str | None = None
+    previous_master_keys: tuple[PreviousMasterKey, ...] = ()
+    # a file-backed master key replaced at runtime stays valid this long
+    master_key_grace_seconds: float = 0.0
+    # filled by the loader, not the config file: where file-backed secrets go on a re-read
+    secret_files: tuple[SecretFile, ...] = ()
     database: DatabaseSettings = DatabaseSettings()
     limits: LimitsSettings = LimitsSettings()
     keys: KeysSettings = KeysSettings()
     usage: UsageSettings = UsageSettings()
     router: RouterSettings = RouterSettings()
     cache: CacheSettings | None = None  # absent: no response cache
+    redis_tls: RedisTLSSettings | None = None
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -163,7 +220,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # LiteLLM settings we accept without acting on them yet: warn once, do not fail.
 _OUR_SECTIONS = (
     "model_list", "server", "master_key", "database", "limits", "keys", "usage", "router",
-    "cache",
+    "cache", "redis_tls", "previous_master_keys", "master_key_grace_seconds",
 )  # fmt: skip
 _LITELLM_CACHE_KEYS = ("cache", "cache_params")
 # LiteLLM's router_settings that map onto ours.
@@ -171,7 +228,15 @@ _ROUTER_ALIASES = {
     "num_retries": "num_retries",
     "cooldown_time": "cooldown_seconds",
     "allowed_fails": "allowed_fails",
+    "routing_strategy": "strategy",
+    "retry_after": "retry_backoff_seconds",  # LiteLLM: least seconds before a retry
+    "timeout": "timeout",
+    "fallbacks": "fallbacks",
+    "context_window_fallbacks": "context_window_fallbacks",
+    "content_policy_fallbacks": "content_policy_fallbacks",
 }
+_STRATEGY_SPELLINGS = {"usage-based-routing-v2": "usage-based-routing"}
+_FALLBACK_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 _DEPLOYMENT_FIELDS = frozenset(DeploymentParams.__struct_fields__)
 _ENTRY_FIELDS = frozenset(ModelEntry.__struct_fields__) | {"litellm_params"}
 
@@ -198,9 +263,15 @@ def load_settings(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         raw = loaded
-    data = _normalise(raw, env, warnings)
-    _apply_env(data, env)
-    settings = _convert(data)
+    found: list[SecretFile] = []
+    token = _found.set(found)
+    try:
+        data = _normalise(raw, env, warnings)
+        _apply_env(data, env)
+    finally:
+        _found.reset(token)
+    data["secret_files"] = found
+    settings = _with_tls(_convert(data))
     _check(settings)
     for line in warnings:
         (warn or _print_warning)(line)
@@ -226,11 +297,7 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
         elif key == "environment_variables":
             continue
         elif key == "router_settings":
-            for sub, item in (value or {}).items():
-                if sub in _ROUTER_ALIASES:
-                    data.setdefault("router", {}).setdefault(_ROUTER_ALIASES[sub], item)
-                else:
-                    warnings.append(f"router_settings.{sub} is not supported yet and is ignored")
+            _take_router_settings(value, data, warnings)
         elif key == "litellm_settings":
             _take_litellm_settings(value, data, lookup, warnings)
         else:
@@ -240,23 +307,34 @@ def _normalise(raw: dict[str, Any], env: Mapping[str, str], warnings: list[str])
         if not isinstance(models, list):
             raise ConfigError("model_list: expected a list of model entries")
         entries = []
+        kept: list[int] = []
         for i, entry in enumerate(models):
             try:
                 entries.append(_normalise_entry(i, entry, lookup, warnings))
+                kept.append(i)
             except _UnsetVariableError as exc:
                 # The example config lists real providers next to the mock: a deployment
                 # whose key is not in the environment is left out, loudly, not fatal.
                 warnings.append(f"{exc}; this deployment is disabled")
         data["model_list"] = entries
+        _renumber_api_keys(kept)
+    _normalise_router(data)
     for section, key in (("database", "url"), ("limits", "redis_url"), ("cache", "redis_url")):
         part = data.get(section)
         if isinstance(part, dict) and isinstance(part.get(key), str):
             part[key] = _resolve(part[key], f"{section}.{key}", lookup)
-    if isinstance(data.get("master_key"), str):
-        try:
+    try:
+        if isinstance(data.get("master_key"), str):
             data["master_key"] = _resolve(data["master_key"], "master_key", lookup)
-        except _UnsetVariableError as exc:
-            raise ConfigError(str(exc)) from None  # never run open by accident
+        for i, item in enumerate(data.get("previous_master_keys") or ()):
+            if isinstance(item, dict) and isinstance(item.get("key"), str):
+                where = f"previous_master_keys[{i}].key"
+                data["previous_master_keys"][i] = {
+                    **item,
+                    "key": _resolve(item["key"], where, lookup),
+                }
+    except _UnsetVariableError as exc:
+        raise ConfigError(str(exc)) from None  # never run open by accident
     return data
 
 
@@ -289,6 +367,64 @@ def _take_litellm_settings(
         data["cache"] = msgspec.to_builtins(cache)
 
 
+def _take_router_settings(value: Any, data: dict[str, Any], warnings: list[str]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError("router_settings: expected a mapping")
+    for sub, item in value.items():
+        if sub in _ROUTER_ALIASES:
+            spelled = _STRATEGY_SPELLINGS.get(item, item) if isinstance(item, str) else item
+            router = data.setdefault("router", {})
+            if isinstance(router, dict):
+                router.setdefault(_ROUTER_ALIASES[sub], spelled)
+        else:
+            warnings.append(f"router_settings.{sub} is not supported yet and is ignored")
+
+
+def _normalise_router(data: dict[str, Any]) -> None:
+    """Fallbacks from LiteLLM's list of one-key mappings; the router timeout onto deployments."""
+    router = data.get("router")
+    if not isinstance(router, dict):
+        return  # absent, or msgspec reports the type error
+    strategy = router.get("strategy")
+    if isinstance(strategy, str) and strategy not in get_args(RoutingStrategy):
+        raise ConfigError(
+            f"router.strategy: unknown routing strategy {strategy!r} "
+            f"(supported: {', '.join(get_args(RoutingStrategy))})"
+        )
+    for name in _FALLBACK_FIELDS:
+        if name in router:
+            router[name] = _fallback_pairs(router[name], f"router.{name}")
+    timeout = router.get("timeout")
+    for entry in data.get("model_list") or ():
+        params = entry.get("params") if isinstance(entry, dict) else None
+        if timeout is not None and isinstance(params, dict):
+            params.setdefault("timeout", timeout)
+
+
+def _fallback_pairs(value: Any, where: str) -> list[list[Any]]:
+    """``[{"gpt-4o": ["gpt-4o-mini"]}]`` or ``{"gpt-4o": [...]}`` as [[alias, [fallbacks]]]."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: expected a list of {{alias: [fallback aliases]}} mappings")
+    pairs: list[list[Any]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, list) and len(item) == 2:  # our own form, already pairs
+            pairs.append(item)
+            continue
+        if not isinstance(item, dict) or not item:
+            raise ConfigError(f"{where}[{i}]: expected a mapping of alias to fallback aliases")
+        for alias, given in item.items():
+            targets = [given] if isinstance(given, str) else given
+            if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                raise ConfigError(f"{where}[{i}].{alias}: expected a list of model aliases")
+            pairs.append([str(alias), targets])
+    return pairs
+
+
 def _take_general_settings(value: Any, data: dict[str, Any], warnings: list[str]) -> None:
     if not isinstance(value, dict):
         raise ConfigError("general_settings: expected a mapping")
@@ -317,6 +453,11 @@ def _normalise_entry(index: int, entry: Any, lookup: Mapping[str, str], warnings
             raise ConfigError(f"{where}: give either params or litellm_params, not both")
         entry["params"] = entry.pop("litellm_params")
     params = entry.get("params")
+    if isinstance(params, dict) and "stream_timeout" in params:  # LiteLLM's spelling
+        params = dict(params)
+        params.setdefault("ttft_timeout", params.pop("stream_timeout"))
+        entry["params"] = params
+    params = entry.get("params")
     if isinstance(params, dict):
         params = dict(params)
         for key in list(params):
@@ -327,8 +468,9 @@ def _normalise_entry(index: int, entry: Any, lookup: Mapping[str, str], warnings
                 params[key] = _resolve(params[key], f"{where}.params.{key}", lookup)
         if not params.get("api_key"):
             variable = _default_key_variable(params)
-            if variable and lookup.get(variable):
-                params["api_key"] = lookup[variable]
+            key = _env_value(variable, lookup, f"{where}.params.api_key") if variable else None
+            if key:
+                params["api_key"] = key
         entry["params"] = params
     return entry
 
@@ -351,12 +493,89 @@ def _default_key_variable(params: dict[str, Any]) -> str | None:
 
 
 def _resolve(value: str, where: str, lookup: Mapping[str, str]) -> str:
+    """A setting's value: itself, a ``file:/path``'s content, or ``os.environ/NAME``'s."""
+    path = file_reference(value)
+    if path is not None:
+        return _read_secret(path, where, where)
     if not value.startswith(ENV_PREFIX):
         return value
     name = value[len(ENV_PREFIX) :]
-    if name not in lookup:
+    resolved = _env_value(name, lookup, where)
+    if resolved is None:
         raise _UnsetVariableError(f"{where}: environment variable {name} is not set")
-    return lookup[name]
+    return resolved
+
+
+# The file-backed secrets found by the load under way; the settings they feed are named by
+# these patterns, any other setting read from a file is read once, at start-up.
+_found: ContextVar[list[SecretFile] | None] = ContextVar("secret_files", default=None)
+_ROTATED: tuple[tuple[re.Pattern[str], Target], ...] = (
+    (re.compile(r"master_key"), "master_key"),
+    (re.compile(r"previous_master_keys\[(\d+)\]\.key"), "previous_master_key"),
+    (re.compile(r"model_list\[(\d+)\]\.params\.api_key"), "api_key"),
+    (re.compile(r"database\.url"), "database_url"),
+    (re.compile(r"limits\.redis_url"), "redis_url"),
+    (re.compile(r"cache\.redis_url"), "cache_redis_url"),
+)
+
+
+def _env_value(name: str, lookup: Mapping[str, str], where: str) -> str | None:
+    """Variable ``name`` or the file ``NAME_FILE`` names; a found value replaces, for
+    ``where``, any earlier file-backed source (environment overrides beat the file)."""
+    try:
+        found = env_secret(name, lookup)
+    except SecretError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if found is None:
+        return None
+    value, path = found
+    if value:
+        _untrack(where)
+        if path is not None:
+            _track(f"{name}_FILE", path, value, where)
+    return value
+
+
+def _read_secret(path: str, name: str, where: str) -> str:
+    try:
+        value = read_secret(path, name)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None
+    _untrack(where)
+    _track(name, path, value, where)
+    return value
+
+
+def _target(where: str) -> tuple[Target, int] | None:
+    for pattern, target in _ROTATED:
+        if match := pattern.fullmatch(where):
+            return target, int(match.group(1)) if match.groups() else 0
+    return None
+
+
+def _track(name: str, path: str, value: str, where: str) -> None:
+    found, target = _found.get(), _target(where)
+    if found is not None and target is not None:
+        found.append(SecretFile(name, path, target[0], target[1]).with_value(value))
+
+
+def _untrack(where: str) -> None:
+    found, target = _found.get(), _target(where)
+    if found is not None and target is not None:
+        found[:] = [f for f in found if (f.target, f.index) != target]
+
+
+def _renumber_api_keys(kept: list[int]) -> None:
+    """Entry indices after disabled deployments were left out of ``model_list``."""
+    found = _found.get()
+    if found is None:
+        return
+    position = {old: new for new, old in enumerate(kept)}
+    found[:] = [
+        f if f.target != "api_key" else msgspec.structs.replace(f, index=position[f.index])
+        for f in found
+        if f.target != "api_key" or f.index in position
+    ]
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -373,25 +592,85 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     ):
         if env.get(name):
             server[key] = env[name]
-    master = env.get("LLM_PROXY_MASTER_KEY") or env.get("LITELLM_MASTER_KEY")
+    master = _env_value("LLM_PROXY_MASTER_KEY", env, "master_key") or _env_value(
+        "LITELLM_MASTER_KEY", env, "master_key"
+    )
     if master:
         data["master_key"] = master
+    _previous_key_from_env(data, env)
     for name, section, key in (
         ("DATABASE_URL", "database", "url"),
         ("LLM_PROXY_SQLITE_PATH", "database", "sqlite_path"),
         ("REDIS_URL", "limits", "redis_url"),
         ("LLM_PROXY_REPLICAS", "limits", "replicas"),
         ("LLM_PROXY_SPILL_DIR", "usage", "spill_dir"),
+        ("REDIS_CA_FILE", "redis_tls", "ca_file"),
+        ("REDIS_CERT_FILE", "redis_tls", "cert_file"),
+        ("REDIS_KEY_FILE", "redis_tls", "key_file"),
     ):
-        if env.get(name):
+        where = f"{section}.{key}"
+        value = _env_value(name, env, where) if name in _SECRET_VARIABLES else env.get(name)
+        if value:
             target = data.setdefault(section, {})
             if isinstance(target, dict):
-                target[key] = env[name]
+                target[key] = value
     cache = data.get("cache")
     if isinstance(cache, dict) and cache.get("type") == "redis" and not cache.get("redis_url"):
         limits = data.get("limits")
         if isinstance(limits, dict) and limits.get("redis_url"):
             cache["redis_url"] = limits["redis_url"]  # one Redis for all, unless told otherwise
+            found = _found.get()
+            for f in list(found or ()):
+                if f.target == "redis_url" and found is not None:
+                    found.append(msgspec.structs.replace(f, target="cache_redis_url"))
+
+
+_SECRET_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL"})
+
+
+def _previous_key_from_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """LLM_PROXY_MASTER_KEY_PREVIOUS(_FILE) with its _EXPIRES replaces previous_master_keys."""
+    previous = _env_value("LLM_PROXY_MASTER_KEY_PREVIOUS", env, "previous_master_keys[0].key")
+    if not previous:
+        return
+    for i in range(1, len(data.get("previous_master_keys") or ())):
+        _untrack(f"previous_master_keys[{i}].key")  # the environment's list replaces the file's
+    expires = env.get("LLM_PROXY_MASTER_KEY_PREVIOUS_EXPIRES")
+    if not expires:
+        raise ConfigError(
+            "LLM_PROXY_MASTER_KEY_PREVIOUS: needs LLM_PROXY_MASTER_KEY_PREVIOUS_EXPIRES "
+            "(an ISO 8601 time, e.g. 2026-12-01T00:00:00Z)"
+        )
+    data["previous_master_keys"] = [{"key": previous, "expires": expires}]
+
+
+def _with_tls(settings: Settings) -> Settings:
+    """Fold ``redis_tls`` into every Redis URL, then load each URL's TLS files once now."""
+    limits, cache = settings.limits, settings.cache
+    if settings.redis_tls is not None:
+        files = msgspec.structs.asdict(settings.redis_tls)
+        url = _checked("limits.redis_url", tls.with_redis_tls, limits.redis_url, **files)
+        limits = msgspec.structs.replace(limits, redis_url=url)
+        if cache is not None:
+            url = _checked("cache.redis_url", tls.with_redis_tls, cache.redis_url, **files)
+            cache = msgspec.structs.replace(cache, redis_url=url)
+        settings = msgspec.structs.replace(settings, limits=limits, cache=cache)
+    _checked("limits.redis_url", tls.check_redis_url, limits.redis_url)
+    _checked("cache.redis_url", tls.check_redis_url, cache.redis_url if cache else None)
+    db = settings.database.url
+    if db and db.startswith(("postgresql:", "postgres:")):
+        _checked("database.url", tls.check_postgres_dsn, db)
+    return settings
+
+
+def _checked(where: str, check: Callable[..., T], url: str | None, **kwargs: Any) -> T | None:
+    """``check(url, **kwargs)`` for a set URL; its ValueError as a ConfigError at ``where``."""
+    if not url:
+        return None
+    try:
+        return check(url, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _convert(data: dict[str, Any]) -> Settings:
@@ -419,6 +698,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"server.workers: expected 0 (one per core) or more, got {s.workers}")
     if s.max_request_bytes < 1024:
         raise ConfigError("server.max_request_bytes: expected at least 1024")
+    _check_master_keys(settings)
     if settings.database.pool_max < 1 or settings.database.pool_min > settings.database.pool_max:
         raise ConfigError("database.pool_max: expected at least 1 and at least pool_min")
     if settings.cache is not None:
@@ -429,6 +709,11 @@ def _check(settings: Settings) -> None:
     r = settings.router
     if r.num_retries < 0 or r.allowed_fails < 0 or r.cooldown_seconds < 0:
         raise ConfigError("router: num_retries, allowed_fails and cooldown_seconds must be >= 0")
+    for name in ("queue_max_wait_seconds", "queue_max_depth"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"router.{name}: must be >= 0")
+    if r.timeout is not None and r.timeout <= 0:
+        raise ConfigError("router.timeout: must be positive")
     if settings.limits.replicas < 1:
         raise ConfigError("limits.replicas: expected at least 1")
     for i, entry in enumerate(settings.model_list):
@@ -454,3 +739,19 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{where}.params.weight: must not be negative")
         if p.max_connections < 1:
             raise ConfigError(f"{where}.params.max_connections: must be at least 1")
+        if p.max_parallel_requests is not None and p.max_parallel_requests < 1:
+            raise ConfigError(f"{where}.params.max_parallel_requests: must be at least 1")
+        if p.ttft_timeout is not None and p.ttft_timeout <= 0:
+            raise ConfigError(f"{where}.params.ttft_timeout: must be positive")
+
+
+def _check_master_keys(settings: Settings) -> None:
+    if settings.previous_master_keys and not settings.master_key:
+        raise ConfigError("previous_master_keys: needs a master_key (the current one)")
+    if settings.master_key_grace_seconds < 0:
+        raise ConfigError("master_key_grace_seconds: must not be negative")
+    if settings.server.secrets_check_seconds < 0:
+        raise ConfigError("server.secrets_check_seconds: must not be negative (0: SIGHUP only)")
+    for i, previous in enumerate(settings.previous_master_keys):
+        if not previous.key:
+            raise ConfigError(f"previous_master_keys[{i}].key: must not be empty")

@@ -184,6 +184,7 @@ def test_litellm_router_settings_map_onto_ours(write_config: WriteConfig) -> Non
                 "cooldown_time": 12,
                 "allowed_fails": 2,
                 "routing_strategy": "least-busy",
+                "enable_pre_call_checks": True,
             },
         }
     )
@@ -191,7 +192,10 @@ def test_litellm_router_settings_map_onto_ours(write_config: WriteConfig) -> Non
     settings = load_settings(str(path), {}, warnings.append)
     assert (settings.router.num_retries, settings.router.cooldown_seconds) == (4, 12)
     assert settings.router.allowed_fails == 2
-    assert warnings == ["router_settings.routing_strategy is not supported yet and is ignored"]
+    assert settings.router.strategy == "least-busy"
+    assert warnings == [
+        "router_settings.enable_pre_call_checks is not supported yet and is ignored"
+    ]
 
 
 def test_cache_section_and_redis_url_default(write_config: WriteConfig) -> None:
@@ -254,3 +258,97 @@ def test_litellm_local_cache_turns_the_memory_cache_on(write_config: WriteConfig
     assert settings.cache is not None and settings.cache.type == "memory"
     off = write_config({"model_list": [MOCK], "litellm_settings": {"cache": False}})
     assert load_settings(str(off), {}, lambda _: None).cache is None
+
+
+def test_litellm_router_settings_routing_fallbacks_and_timeouts(write_config: WriteConfig) -> None:
+    """routing_strategy (v2 spelling), retry_after, timeout and the fallback lists map over."""
+    path = write_config(
+        {
+            "model_list": [
+                MOCK,
+                {"model_name": "n", "litellm_params": {"model": "mock/n", "timeout": 9}},
+                {"model_name": "s", "litellm_params": {"model": "mock/s", "stream_timeout": 3}},
+            ],
+            "router_settings": {
+                "routing_strategy": "usage-based-routing-v2",
+                "retry_after": 0.5,
+                "timeout": 42,
+                "fallbacks": [{"m": ["n", "s"]}, {"n": ["m"]}],
+                "context_window_fallbacks": [{"m": ["n"]}],
+                "content_policy_fallbacks": [{"s": "m"}],
+            },
+        }
+    )
+    settings = load_settings(str(path), {}, lambda _: None)
+    r = settings.router
+    assert (r.strategy, r.retry_backoff_seconds, r.timeout) == ("usage-based-routing", 0.5, 42)
+    assert r.fallbacks == (("m", ("n", "s")), ("n", ("m",)))
+    assert r.context_window_fallbacks == (("m", ("n",)),)
+    assert r.content_policy_fallbacks == (("s", ("m",)),)
+    timeouts = [e.params.timeout for e in settings.model_list]
+    assert timeouts == [42, 9, 42]  # the router's timeout for deployments that set none
+    assert [e.params.ttft_timeout for e in settings.model_list] == [None, None, 3]
+
+
+def test_our_router_section_takes_strategy_sticky_and_queue(write_config: WriteConfig) -> None:
+    """router: strategy, sticky_aliases, queue limits and fallbacks in our own spelling."""
+    path = write_config(
+        {
+            "model_list": [{**MOCK, "params": {"model": "mock/m", "max_parallel_requests": 4}}],
+            "router": {
+                "strategy": "latency-based-routing",
+                "sticky_aliases": ["m"],
+                "queue_max_wait_seconds": 2.5,
+                "queue_max_depth": 7,
+                "fallbacks": {"m": ["n"]},
+            },
+        }
+    )
+    settings = load_settings(str(path), {}, lambda _: None)
+    r = settings.router
+    assert (r.strategy, r.sticky_aliases) == ("latency-based-routing", ("m",))
+    assert (r.queue_max_wait_seconds, r.queue_max_depth) == (2.5, 7)
+    assert r.fallbacks == (("m", ("n",)),)
+    assert settings.model_list[0].params.max_parallel_requests == 4
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"router": {"strategy": "fastest"}}, "router.strategy: unknown routing strategy"),
+        ({"router_settings": {"routing_strategy": "cost-based-routing"}}, "router.strategy"),
+        ({"router_settings": {"fallbacks": "m"}}, "router.fallbacks: expected a list"),
+        ({"router_settings": {"fallbacks": [{"m": [1]}]}}, "router.fallbacks[0].m"),
+        ({"router_settings": {"fallbacks": [[]]}}, r"router.fallbacks[0]: expected a mapping"),
+        ({"router": {"queue_max_depth": -1}}, "router.queue_max_depth: must be >= 0"),
+        ({"router_settings": {"timeout": 0}}, "router.timeout: must be positive"),
+    ],
+)
+def test_bad_router_settings_name_the_field(
+    write_config: WriteConfig, section: dict[str, Any], message: str
+) -> None:
+    """An unknown strategy or malformed fallbacks stop start-up naming the field."""
+    path = write_config({"model_list": [MOCK], **section})
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(path), {}, lambda _: None)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_parallel_requests": 0}, "model_list[0].params.max_parallel_requests"),
+        ({"ttft_timeout": 0}, "model_list[0].params.ttft_timeout: must be positive"),
+        ({"stream_timeout": -1}, "model_list[0].params.ttft_timeout: must be positive"),
+    ],
+)
+def test_bad_deployment_queue_and_ttft_settings_name_the_field(
+    write_config: WriteConfig, params: dict[str, Any], message: str
+) -> None:
+    """max_parallel_requests below 1 and non-positive ttft timeouts are config errors."""
+    path = write_config(
+        {"model_list": [{"model_name": "m", "params": {"model": "mock/m", **params}}]}
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(path), {}, lambda _: None)
+    assert message in str(info.value)

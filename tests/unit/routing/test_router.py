@@ -52,10 +52,10 @@ class _Clock:
         return self.now
 
 
-def _two(clock: _Clock, **router: float) -> Router:
+def _two(clock: _Clock) -> Router:
     settings = _settings(("a", "mock/x", None, None), ("a", "mock/y", None, None))
     settings = msgspec.structs.replace(
-        settings, router=RouterSettings(cooldown_seconds=10, allowed_fails=1, **router)
+        settings, router=RouterSettings(cooldown_seconds=10, allowed_fails=1)
     )
     return Router(settings, rng=random.Random(1), clock=clock)
 
@@ -103,3 +103,82 @@ def test_a_lone_deployment_never_cools() -> None:
     for _ in range(10):
         router.failed(x, rate_limited=True, retry_after=60)
     assert router.pick("a") is x
+
+
+def test_cooling_is_announced_to_listeners() -> None:
+    """A cooldown this router starts reaches every listener, with its length."""
+    router = _two(_Clock())
+    x, _ = router.deployments
+    heard: list[tuple[str, float]] = []
+    router.on_cooldown(lambda dep, seconds: heard.append((dep, seconds)))
+    router.failed(x, rate_limited=False, retry_after=None)
+    assert heard == []
+    router.failed(x, rate_limited=False, retry_after=None)
+    router.failed(x, rate_limited=True, retry_after=45)
+    assert heard == [(x.id, 10), (x.id, 45)]
+
+
+def test_a_broken_listener_does_not_break_routing(caplog: pytest.LogCaptureFixture) -> None:
+    """A listener that raises is logged; the deployment still cools and others are told."""
+    router = _two(_Clock())
+    x, y = router.deployments
+    heard: list[str] = []
+
+    def broken(dep: str, seconds: float) -> None:
+        raise RuntimeError("boom")
+
+    router.on_cooldown(broken)
+    router.on_cooldown(lambda dep, seconds: heard.append(dep))
+    router.failed(x, rate_limited=True, retry_after=None)
+    assert heard == [x.id]
+    assert router.pick("a") is y
+    assert "cooldown listener failed" in caplog.text
+
+
+def test_remote_cooldowns_apply_without_echo() -> None:
+    """apply_cooldown skips the deployment here too and is not announced again."""
+    clock = _Clock()
+    router = _two(clock)
+    x, y = router.deployments
+    heard: list[str] = []
+    router.on_cooldown(lambda dep, seconds: heard.append(dep))
+    assert router.apply_cooldown(x.id, 5.0)
+    assert heard == []
+    assert {router.pick("a").id for _ in range(20)} == {y.id}  # type: ignore[union-attr]
+    assert router.apply_cooldown(x.id, 1.0)  # a shorter one does not cut it short
+    clock.now = 4.0
+    assert router.cooling(x.id)
+    clock.now = 5.0
+    assert not router.cooling(x.id)
+
+
+def test_remote_cooldowns_of_unknown_or_lone_deployments_are_ignored() -> None:
+    """Another replica's config may differ: unknown ids and lone deployments are skipped."""
+    router = Router(_settings(("a", "mock/x", None, None)))
+    (x,) = router.deployments
+    assert not router.apply_cooldown("no-such-deployment", 5.0)
+    assert not router.apply_cooldown(x.id, 5.0)
+    assert router.pick("a") is x
+
+
+def test_cooldown_state_lists_every_deployment() -> None:
+    """cooldown_state maps each deployment id to whether its circuit is open."""
+    clock = _Clock()
+    router = _two(clock)
+    x, y = router.deployments
+    router.failed(x, rate_limited=True, retry_after=None)
+    assert router.cooldown_state() == {x.id: True, y.id: False}
+    clock.now = 10.0
+    assert router.cooldown_state() == {x.id: False, y.id: False}
+
+
+def test_a_lone_deployment_is_a_lookup_whatever_the_options() -> None:
+    """With one deployment, exclusions, affinity and strategy do not change the answer."""
+    settings = msgspec.structs.replace(
+        _settings(("a", "mock/x", None, None)),
+        router=RouterSettings(strategy="least-busy", sticky_aliases=("a",)),
+    )
+    router = Router(settings)
+    (x,) = router.deployments
+    assert not router.sticky("a")
+    assert router.pick("a", exclude=[x.id], affinity="u:1", stream=True) is x
