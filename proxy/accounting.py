@@ -49,7 +49,10 @@ class Entry:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
-    attempts: int = 1  # upstream tries, retries on other deployments included
+    attempts: int = 0  # upstream tries, retries and fallbacks included
+    fallback: str | None = None  # the fallback alias that answered, when one did
+    upstream: Deployment | None = None  # whose call is under way (routing load, queue slot)
+    slot: bool = False  # whether that call holds a queue slot of the deployment
     closed: bool = False
 
     def headers(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ from proxy.keys import KeyService
 from proxy.limits import KeyEventBus, Limiter
 from proxy.pipeline import Pipeline
 from proxy.routing import Router
+from proxy.routing.shared_cooldowns import SharedCooldowns
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.upstream import Transport
@@ -36,6 +37,7 @@ class AppContext:
     writer: SpendWriter | None = None
     ledger: Ledger | None = None
     cache: ResponseCache | None = None
+    cooldowns: SharedCooldowns | None = None
     database_ok: bool = True
     started_at: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
@@ -59,6 +61,9 @@ class AppContext:
             degraded |= not self.writer.healthy
         if self.cache is not None:
             checks["cache"] = type(self.cache.backend).__name__
+        if self.cooldowns is not None:
+            checks["shared_cooldowns"] = "ok" if self.cooldowns.healthy else "local only"
+            degraded |= not self.cooldowns.healthy
         if self.store is not None:
             checks["database"] = "ok" if self.database_ok else "unavailable at start-up"
             degraded |= not self.database_ok
@@ -72,7 +77,7 @@ class AppContext:
             await self.ledger.aclose()
         if self.writer is not None:
             await self.writer.aclose()
-        for closer in (self.events, self.limiter, self.store, self.cache):
+        for closer in (self.cooldowns, self.events, self.limiter, self.store, self.cache):
             if closer is not None:
                 try:
                     await closer.aclose()

@@ -152,9 +152,33 @@ CACHE_BYPASSES = Counter(
     "Cache operations skipped because the cache store (Redis) was slow or unreachable; the "
     "request went upstream without an error.",
 )
+# -- routing health -----------------------------------------------------------------------
+RETRIES = Counter(
+    "llm_proxy_upstream_retries",
+    "Upstream calls retried (on another deployment where one exists), by model alias.",
+    ["model"],
+)
+FALLBACKS = Counter(
+    "llm_proxy_fallbacks",
+    "Requests sent on to a fallback alias after their own alias failed, by the alias asked "
+    "for, the fallback and whether the fallback answered (ok) or failed too (failed).",
+    ["model", "fallback", "result"],
+)
+COOLDOWNS = Counter(
+    "llm_proxy_deployment_cooldowns",
+    "Times a deployment was taken out of rotation (circuit opened) after failures or a 429.",
+    ["deployment"],
+)
+CIRCUIT_OPEN = Gauge(
+    "llm_proxy_deployment_circuit_open",
+    "1 while a deployment is cooling down (its circuit is open), else 0.",
+    ["deployment"],
+    multiprocess_mode="livemax",
+)
 QUEUE_DEPTH = Gauge(
     "llm_proxy_queue_depth",
-    "Requests waiting for an upstream connection slot of a deployment.",
+    "Requests waiting for a deployment: a concurrency slot (max_parallel_requests) or an "
+    "upstream connection of its pool.",
     multiprocess_mode="livesum",
 )
 
@@ -242,6 +266,10 @@ class _Limiter(Protocol):
     def degraded(self) -> bool: ...
 
 
+class _Router(Protocol):
+    def cooldown_state(self) -> dict[str, bool]: ...
+
+
 class _Writer(Protocol):
     @property
     def queue_depth(self) -> int: ...
@@ -251,10 +279,13 @@ class _Writer(Protocol):
 
 
 async def _watch_services(
-    limiter: _Limiter | None, writer: _Writer | None, interval: float
+    limiter: _Limiter | None, writer: _Writer | None, router: _Router | None, interval: float
 ) -> None:
     spilled = errors = 0
     while True:
+        if router is not None:
+            for deployment, cooling in router.cooldown_state().items():
+                CIRCUIT_OPEN.labels(deployment).set(1 if cooling else 0)
         if limiter is not None:
             LIMITER_DEGRADED.set(1 if limiter.degraded else 0)
         if writer is not None:
@@ -266,10 +297,14 @@ async def _watch_services(
 
 
 def start_service_monitor(
-    limiter: _Limiter | None, writer: _Writer | None, interval: float = 1.0
+    limiter: _Limiter | None,
+    writer: _Writer | None,
+    router: _Router | None = None,
+    interval: float = 1.0,
 ) -> asyncio.Task[None]:
-    """Copy the limiter's and the usage writer's state into gauges every ``interval`` s."""
-    task = _watch_services(limiter, writer, interval)
+    """Copy the limiter's, the usage writer's and the router's state into gauges every
+    ``interval`` s."""
+    task = _watch_services(limiter, writer, router, interval)
     return asyncio.get_running_loop().create_task(task, name="llm-proxy-service-metrics")
 
 
@@ -426,6 +461,19 @@ class Recorder:
         if bypasses > self._bypasses:
             CACHE_BYPASSES.inc(bypasses - self._bypasses)
             self._bypasses = bypasses
+
+    # -- routing --------------------------------------------------------------------------
+    def retry(self, model: str) -> None:
+        if self.enabled:
+            RETRIES.labels(model).inc()
+
+    def fallback(self, model: str, fallback: str, *, ok: bool) -> None:
+        if self.enabled:
+            FALLBACKS.labels(model, fallback, "ok" if ok else "failed").inc()
+
+    def cooldown(self, deployment: str) -> None:
+        if self.enabled:
+            COOLDOWNS.labels(deployment).inc()
 
     # -- saturation ---------------------------------------------------------------------
     def queue(self, delta: int) -> None:

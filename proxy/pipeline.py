@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from proxy.errors import (
     ModelNotFoundError,
     NoDeploymentAvailableError,
     ProxyError,
+    UpstreamTimeoutError,
 )
 from proxy.keys import KeyService
 from proxy.logs import AccessLog
@@ -48,7 +49,7 @@ from proxy.metrics import Recorder, error_type_of
 from proxy.providers import anthropic_native, anthropic_reverse
 from proxy.providers._sse import sse_event
 from proxy.providers.base import Operation, ParsedRequest, StreamTranslator, UpstreamRequest
-from proxy.routing import Deployment, Router
+from proxy.routing import Deployment, FairQueue, Router, affinity_key
 from proxy.secrets import MasterKeys
 from proxy.settings import RouterSettings
 from proxy.store import KeyRecord
@@ -70,6 +71,14 @@ ROUTES = {
     Operation.EMBEDDING: "embeddings",
 }
 JSON_HEADERS = {"content-type": "application/json"}
+MAX_FALLBACKS = 5  # fallback aliases tried per request, at most
+_CONTEXT_WINDOW_MARKERS = (
+    "maximum context length",
+    "context window",
+    "prompt is too long",
+    "too many tokens",
+)
+_CONTENT_POLICY_MARKERS = ("content management policy", "content_filter", "safety system")
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 CLIENT_CLOSED = 499  # nginx's code for a client that went away; metrics only
 
@@ -92,6 +101,17 @@ class Reply:
 class StreamReply:
     chunks: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=lambda: dict(SSE_HEADERS))
+
+
+@dataclass(slots=True)
+class Exchange:
+    """An upstream call that answered with a success status, its body still to be read."""
+
+    deployment: Deployment
+    request: UpstreamRequest
+    resp: UpstreamResponse
+    sent: float  # perf_counter() when it was sent
+    chunks: AsyncIterator[bytes] | None = None  # a stream whose first chunk is already in
 
 
 @dataclass(slots=True)
@@ -174,8 +194,19 @@ class Pipeline:
         access: AccessLog | None = None,
         retry: RouterSettings | None = None,
         cache: ResponseCache | None = None,
+        queue: FairQueue | None = None,
     ) -> None:
         self._retry = retry or RouterSettings()
+        self._queue = queue or FairQueue.from_settings(router.deployments, self._retry)
+        # (general, context window, content policy): alias -> its fallback aliases in order
+        self._fallbacks = tuple(
+            dict(pairs)
+            for pairs in (
+                self._retry.fallbacks,
+                self._retry.context_window_fallbacks,
+                self._retry.content_policy_fallbacks,
+            )
+        )
         self._router = router
         self._transports = transports
         self._recorder = recorder
@@ -234,11 +265,13 @@ class Pipeline:
     def deployment_of(self, alias: str) -> Deployment | None:
         return self._router.pick(alias)
 
-    def _route(self, entry: Entry) -> Deployment:
+    def _route(
+        self, entry: Entry, *, affinity: str | None = None, stream: bool = False
+    ) -> Deployment:
         """The deployment for this request, noted on its account (403/404 otherwise)."""
         if entry.record is not None:
             KeyService.check_model(entry.record, entry.alias)
-        deployment = self._deployment(entry.alias)
+        deployment = self._deployment(entry.alias, affinity=affinity, stream=stream)
         self._note(entry, deployment)
         return deployment
 
@@ -252,61 +285,177 @@ class Pipeline:
     async def _send(
         self,
         entry: Entry,
+        alias: str,
         deployment: Deployment,
         build: Callable[[Deployment], tuple[UpstreamRequest, _T]],
+        *,
         stream: bool,
-    ) -> tuple[Deployment, UpstreamRequest, _T, UpstreamResponse, float]:
+        affinity: str | None = None,
+    ) -> tuple[Exchange, _T]:
         """Send upstream, retrying a failure that another try may fix (429, 5xx, timeouts,
-        resets) on another deployment where one exists, with backoff and jitter.
+        resets, a stream's first token later than its deployment's ttft_timeout) on another
+        deployment of ``alias`` where one exists, with backoff and jitter.
 
-        Nothing has reached the client yet (a stream is retried only up to its headers).
+        Nothing has reached the client yet (a stream is retried only up to its first chunk).
         When every try fails the client gets the first error, the most telling one.
         """
         tried: list[str] = []
-        first: ProxyError | None = None
+        first_error: ProxyError | None = None
+        router = self._router
         while True:
             upstream_req, extra = build(deployment)
+            if self._queue.limited(deployment.id):
+                await self._take_slot(entry, deployment)
+            router.begin(deployment)
+            entry.upstream = deployment
+            entry.attempts += 1
             sent = time.perf_counter()
             # The exchange is inline, not a helper coroutine: one await less per request.
             # A call that fails is recorded here, a good one by whoever reads it to the end.
             try:
-                resp = await self._transports[deployment.id].send(upstream_req, stream=stream)
+                ttft = deployment.params.ttft_timeout if stream else None
+                if ttft is None:
+                    resp = await self._transports[deployment.id].send(upstream_req, stream=stream)
+                    first: AsyncIterator[bytes] | None = None
+                else:
+                    resp, first = await self._send_within(deployment, upstream_req, ttft)
+                if resp.status < 400:
+                    return Exchange(deployment, upstream_req, resp, sent, first), extra
+                error_body = await resp.read()
             except ProxyError as exc:
                 self._upstream_done(deployment, 0, sent)
+                self._release(entry)
                 failure = exc
             except BaseException:
                 self._upstream_done(deployment, 0, sent)
+                self._release(entry)
                 raise
             else:
-                if resp.status < 400:
-                    entry.attempts = len(tried) + 1
-                    return deployment, upstream_req, extra, resp, sent
-                error_body = await resp.read()
                 self._upstream_done(deployment, resp.status, sent)
+                self._release(entry)
                 failure = deployment.adapter.parse_error(
                     resp.status, resp.headers, error_body, deployment.id
                 )
             if not (failure.retryable and (failure.status == 429 or failure.status >= 500)):
                 raise failure
-            first = first or failure
-            self._router.failed(
+            first_error = first_error or failure
+            router.failed(
                 deployment, rate_limited=failure.status == 429, retry_after=failure.retry_after
             )
             tried.append(deployment.id)
             if len(tried) > self._retry.num_retries:
-                raise first
+                raise first_error
             try:
-                following = self._router.pick(entry.alias, exclude=tried) or deployment
+                following = router.pick(alias, exclude=tried, affinity=affinity, stream=stream)
             except NoDeploymentAvailableError:
-                raise first from None
+                raise first_error from None
+            following = following or deployment
             delay = _backoff(
                 len(tried), self._retry.retry_backoff_seconds, self._retry.max_backoff_seconds
             )
             if following is deployment and failure.retry_after:
                 delay = max(delay, min(failure.retry_after, self._retry.max_backoff_seconds))
+            self._recorder.retry(self._recorder.model_label(alias))
             await asyncio.sleep(delay)
             deployment = following
             self._note(entry, deployment)
+
+    async def _send_within(
+        self, deployment: Deployment, request: UpstreamRequest, ttft: float
+    ) -> tuple[UpstreamResponse, AsyncIterator[bytes] | None]:
+        """A stream's response and its chunks, the first one already in, or a retryable
+        timeout after ``ttft`` s.
+
+        A slow first token is the failure clients notice most, and one another deployment
+        usually fixes: it fails over like a 5xx.
+        """
+        resp: UpstreamResponse | None = None
+        try:
+            async with asyncio.timeout(ttft):
+                resp = await self._transports[deployment.id].send(request, stream=True)
+                if resp.status >= 400:
+                    return resp, None
+                chunks = resp.chunks()
+                first = await anext(chunks, None)
+        except TimeoutError:
+            if resp is not None:
+                resp.close()
+            raise UpstreamTimeoutError(
+                f"Deployment '{deployment.id}' sent no first token within its "
+                f"ttft_timeout of {ttft:g}s."
+            ) from None
+        return resp, chunks if first is None else _prepended(first, chunks)
+
+    async def _take_slot(self, entry: Entry, deployment: Deployment) -> None:
+        """Wait, fairly across keys, for one of the deployment's max_parallel_requests."""
+        key = entry.record.token_hash if entry.record is not None else ""
+        self._recorder.queue(1)
+        try:
+            await self._queue.acquire(deployment.id, key)
+        finally:
+            self._recorder.queue(-1)
+        entry.slot = True
+
+    def _release(self, entry: Entry) -> None:
+        """The upstream call is over: its deployment's load and queue slot are freed."""
+        deployment = entry.upstream
+        if deployment is None:
+            return
+        entry.upstream = None
+        self._router.end(deployment)
+        if entry.slot:
+            entry.slot = False
+            self._queue.release(deployment.id)
+
+    async def _with_fallbacks(
+        self,
+        entry: Entry,
+        error: ProxyError,
+        build: Callable[[Deployment], tuple[UpstreamRequest, _T]],
+        stream: bool,
+        requested: Sequence[str],
+    ) -> tuple[Exchange, _T]:
+        """After the alias's own deployments failed: its fallback aliases, in order.
+
+        A prompt too long for the model goes to the context-window fallbacks, a prompt the
+        provider's safety system refused to the content-policy ones, any other failure that
+        another model may not share (429, 5xx, timeouts) to the client's ``fallbacks`` and
+        then the configured ones. A fallback the key may not use is skipped. The client gets
+        the original error when all of them fail too.
+        """
+        chain = self._fallback_chain(entry.alias, error, requested)
+        label = self._recorder.model_label(entry.alias)
+        for alias in chain[:MAX_FALLBACKS]:
+            record = entry.record
+            if record is not None and record.models and alias not in record.models:
+                continue
+            try:
+                deployment = self._router.pick(alias, stream=stream)
+            except NoDeploymentAvailableError:
+                continue
+            if deployment is None:
+                continue
+            self._note(entry, deployment)
+            try:
+                exchange = await self._send(entry, alias, deployment, build, stream=stream)
+            except ProxyError:
+                self._recorder.fallback(label, self._recorder.model_label(alias), ok=False)
+                continue
+            self._recorder.fallback(label, self._recorder.model_label(alias), ok=True)
+            entry.fallback = alias
+            return exchange
+        raise error
+
+    def _fallback_chain(self, alias: str, error: ProxyError, requested: Sequence[str]) -> list[str]:
+        if _is_context_window_error(error):
+            chain = list(self._fallbacks[1].get(alias, ()))
+        elif _is_content_policy_error(error):
+            chain = list(self._fallbacks[2].get(alias, ()))
+        elif error.retryable or isinstance(error, NoDeploymentAvailableError):
+            chain = [*requested, *self._fallbacks[0].get(alias, ())]
+        else:
+            return []  # a request the upstream refused will be refused elsewhere too
+        return [a for a in dict.fromkeys(chain) if a != alias]
 
     def _upstream_done(self, deployment: Deployment, status: int, sent: float) -> None:
         self._recorder.upstream(
@@ -327,10 +476,14 @@ class Pipeline:
             view = decode_request(op, body)
             model = self._recorder.model_label(view.model)
             entry = Entry(request_id=request_id, alias=view.model, record=record)
-            deployment = self._route(entry)
             stream = bool(getattr(view, "stream", False))
+            affinity = affinity_key(body) if self._router.sticky(view.model) else None
+            deployment = self._route(entry, affinity=affinity, stream=stream)
             options = getattr(view, "stream_options", None)
             wants_usage = bool(options and options.include_usage)
+            requested: list[str] = []
+            if b'"fallbacks"' in body:
+                body, requested = take_fallbacks(body)
             step: CacheStep | None = None
             cache = self._cache
             if cache is not None and cache.caches(route):
@@ -359,40 +512,48 @@ class Pipeline:
             def build(dep: Deployment) -> tuple[UpstreamRequest, None]:
                 return dep.adapter.build_request(req, dep.params, dep.urls[op], dep.headers), None
 
-            deployment, upstream_req, _, resp, sent = await self._send(
-                entry, deployment, build, stream
-            )
+            try:
+                exchange, _ = await self._send(
+                    entry, view.model, deployment, build, stream=stream, affinity=affinity
+                )
+            except ProxyError as exc:
+                exchange, _ = await self._with_fallbacks(entry, exc, build, stream, requested)
+            deployment = exchange.deployment
             upstream_model = deployment.params.upstream_model
-            reply_headers = {
-                **_dropped_header(upstream_req.dropped),
-                **entry.headers(),
-                **_routing_headers(entry),
-            }
+            reply_headers = {**_dropped_header(exchange.request.dropped), **entry.headers()}
             if step is not None:
                 reply_headers["x-cache"] = "MISS"
             if stream:
                 relay = self._relay(
-                    resp=resp,
+                    exchange=exchange,
                     translator=deployment.adapter.stream_translator(req),
                     count=lambda t: count_usage(view, upstream_model, t),
                     route=route,
                     model=model,
                     entry=entry,
-                    sent=sent,
                     error_event=_openai_error_event,
                     keep=None if step is None else self._stream_keeper(step),
                 )
-                return StreamReply(relay, {**SSE_HEADERS, **reply_headers})
-            raw = await self._read(deployment, resp, sent)
-            upstream_seconds = time.perf_counter() - sent
+                overhead = exchange.sent - entry.started
+                return StreamReply(
+                    relay, {**SSE_HEADERS, **reply_headers, **_routing_headers(entry, overhead)}
+                )
+            raw = await self._read(entry, exchange)
+            upstream_seconds = time.perf_counter() - exchange.sent
+            self._router.observe(deployment, upstream_seconds, ttft=False)
             parsed = deployment.adapter.parse_response(req, raw)
             answer = parsed.body
             if step is not None:
                 answer = await self._keep_answer(step, answer)
         except BaseException as exc:
+            if entry is not None:
+                self._release(entry)
             self._failed(exc, route, model, started, entry)
             raise
         usage = parsed.usage or count_usage(view, upstream_model, None)
+        self._router.record_usage(deployment, usage.total_tokens)
+        overhead = time.perf_counter() - entry.started - upstream_seconds
+        reply_headers.update(_routing_headers(entry, overhead))
         self._succeeded(route, model, entry, usage, upstream_seconds)
         return Reply(200, answer, {**JSON_HEADERS, **reply_headers})
 
@@ -540,14 +701,15 @@ class Pipeline:
             request = anthropic_reverse.decode_messages_request(body)
             model = self._recorder.model_label(request.model)
             entry = Entry(request_id=request_id, alias=request.model, record=record)
-            deployment = self._route(entry)
+            stream = bool(request.stream)
+            affinity = affinity_key(body) if self._router.sticky(request.model) else None
+            deployment = self._route(entry, affinity=affinity, stream=stream)
             upstream_model = deployment.params.upstream_model
             await self._ledger.admit(
                 entry,
                 prompt_tokens=lambda: _count_messages(body, upstream_model, None).prompt_tokens,
                 max_tokens=request.max_tokens,
             )
-            stream = bool(request.stream)
 
             def build(dep: Deployment) -> tuple[UpstreamRequest, StreamTranslator]:
                 name = dep.params.upstream_model
@@ -561,45 +723,54 @@ class Pipeline:
                 url = dep.urls[Operation.CHAT]
                 return UpstreamRequest(url, dep.headers, upstream_body), translator
 
-            deployment, _, translator, resp, sent = await self._send(
-                entry, deployment, build, stream
-            )
+            try:
+                exchange, translator = await self._send(
+                    entry, request.model, deployment, build, stream=stream, affinity=affinity
+                )
+            except ProxyError as exc:
+                exchange, translator = await self._with_fallbacks(entry, exc, build, stream, ())
+            deployment = exchange.deployment
             upstream_model = deployment.params.upstream_model
             native = deployment.provider == "anthropic"
             if stream:
                 relay = self._relay(
-                    resp=resp,
+                    exchange=exchange,
                     translator=translator,
                     count=lambda t: _count_messages(body, upstream_model, t),
                     route=route,
                     model=model,
                     entry=entry,
-                    sent=sent,
                     error_event=anthropic_reverse.anthropic_error_event,
                 )
-                return StreamReply(
-                    relay, {**SSE_HEADERS, **entry.headers(), **_routing_headers(entry)}
-                )
-            raw = await self._read(deployment, resp, sent)
-            upstream_seconds = time.perf_counter() - sent
+                routing = _routing_headers(entry, exchange.sent - entry.started)
+                return StreamReply(relay, {**SSE_HEADERS, **entry.headers(), **routing})
+            raw = await self._read(entry, exchange)
+            upstream_seconds = time.perf_counter() - exchange.sent
+            self._router.observe(deployment, upstream_seconds, ttft=False)
             usage: Usage | None
             if native:
                 out, usage = raw, anthropic_native.response_usage(raw)
             else:
                 out, usage = anthropic_reverse.openai_response_to_messages(raw, request.model)
         except BaseException as exc:
+            if entry is not None:
+                self._release(entry)
             self._failed(exc, route, model, started, entry)
             raise
         usage = usage or _count_messages(body, upstream_model, None)
+        self._router.record_usage(deployment, usage.total_tokens)
+        routing = _routing_headers(entry, time.perf_counter() - entry.started - upstream_seconds)
         self._succeeded(route, model, entry, usage, upstream_seconds)
-        return Reply(200, out, {**JSON_HEADERS, **entry.headers(), **_routing_headers(entry)})
+        return Reply(200, out, {**JSON_HEADERS, **entry.headers(), **routing})
 
     async def count_message_tokens(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         await self.caller(headers)
         return anthropic_reverse.count_tokens(body)
 
-    def _deployment(self, alias: str) -> Deployment:
-        deployment = self._router.pick(alias)
+    def _deployment(
+        self, alias: str, *, affinity: str | None = None, stream: bool = False
+    ) -> Deployment:
+        deployment = self._router.pick(alias, affinity=affinity, stream=stream)
         if deployment is None:
             raise ModelNotFoundError(
                 f"The model '{alias}' does not exist or you do not have access to it.",
@@ -607,18 +778,17 @@ class Pipeline:
             )
         return deployment
 
-    async def _read(self, deployment: Deployment, resp: UpstreamResponse, sent: float) -> bytes:
+    async def _read(self, entry: Entry, exchange: Exchange) -> bytes:
         """A non-stream answer's body; the upstream call recorded (status 0 if cut short)."""
+        deployment, resp = exchange.deployment, exchange.resp
         try:
             raw = await resp.read()
         except BaseException:
-            self._recorder.upstream(
-                deployment.provider, deployment.id, 0, time.perf_counter() - sent
-            )
+            self._upstream_done(deployment, 0, exchange.sent)
             raise
-        self._recorder.upstream(
-            deployment.provider, deployment.id, resp.status, time.perf_counter() - sent
-        )
+        finally:
+            self._release(entry)
+        self._upstream_done(deployment, resp.status, exchange.sent)
         return raw
 
     def _succeeded(
@@ -702,13 +872,12 @@ class Pipeline:
     async def _relay(
         self,
         *,
-        resp: UpstreamResponse,
+        exchange: Exchange,
         translator: StreamTranslator,
         count: Callable[[StreamTranslator], Usage],
         route: str,
         model: str,
         entry: Entry,
-        sent: float,
         error_event: Callable[[ProxyError], bytes],
         keep: Callable[[list[bytes], Usage], None] | None = None,
     ) -> AsyncIterator[bytes]:
@@ -717,6 +886,7 @@ class Pipeline:
         ``keep`` gets everything sent and the usage when the stream ended normally.
         """
         recorder = self._recorder
+        resp, sent, deployment = exchange.resp, exchange.sent, exchange.deployment
         kept: list[bytes] | None = [] if keep is not None else None
         recorder.stream_opened()
         status = CLIENT_CLOSED
@@ -724,12 +894,13 @@ class Pipeline:
         kind = "client_closed"  # the metrics' and access log's error type
         upstream_end: float | None = None  # when the upstream's last chunk came
         try:
-            async for data in resp.chunks():
+            async for data in exchange.chunks or resp.chunks():
                 out = translator.feed(data)
                 if out:
                     if entry.first_byte is None:
                         entry.first_byte = time.perf_counter()
                         recorder.first_token(model, entry.first_byte - entry.started)
+                        self._router.observe(deployment, entry.first_byte - sent, ttft=True)
                     if kept is not None:
                         kept.append(out)
                     yield out
@@ -753,6 +924,7 @@ class Pipeline:
                 resp.release()
             else:
                 resp.close()  # the upstream sees the request abandoned
+            self._release(entry)
             now = time.perf_counter()
             total = now - entry.started
             upstream_seconds = (upstream_end or now) - sent
@@ -766,6 +938,7 @@ class Pipeline:
             )
             # Partial streams count too: what was streamed so far was generated and billed.
             usage = translator.account.usage or count(translator)
+            self._router.record_usage(deployment, usage.total_tokens)
             recorder.tokens(model, usage.prompt_tokens, usage.completion_tokens)
             recorder.finished(route, model, status, total)
             if status == 200:
@@ -817,18 +990,57 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
-def _routing_headers(entry: Entry) -> dict[str, str]:
-    """After a retry: which deployment answered and after how many tries.
-
-    Only then: one more header on every answer cost ~12% of a worker's throughput
-    (measured side by side, bench/README.md), too much for what a first-try answer says.
-    """
-    if entry.attempts == 1:
-        return {}
-    return {
+def _routing_headers(entry: Entry, overhead: float) -> dict[str, str]:
+    """What routing did: the deployment that answered, the upstream tries it took, the
+    fallback alias when one answered, and the proxy's own time in ms (for a stream: before
+    the upstream call). Cheap since proxy/api/response.py: ~1 µs a header."""
+    headers = {
         "x-llm-proxy-deployment": entry.deployment or "",
         "x-llm-proxy-attempts": str(entry.attempts),
+        "x-llm-proxy-overhead-ms": f"{overhead * 1000:.2f}",
     }
+    if entry.fallback is not None:
+        headers["x-llm-proxy-fallback"] = entry.fallback
+    return headers
+
+
+def take_fallbacks(body: bytes) -> tuple[bytes, list[str]]:
+    """The body without LiteLLM's per-request ``fallbacks`` list, and that list (a 400 when
+    it is not a list of model names)."""
+    data = orjson.loads(body)
+    if not isinstance(data, dict) or "fallbacks" not in data:
+        return body, []
+    requested = data.pop("fallbacks")
+    if requested is None:
+        requested = []
+    if not isinstance(requested, list) or not all(isinstance(m, str) for m in requested):
+        raise InvalidRequestError(
+            "Invalid value for 'fallbacks': expected a list of model names.", param="fallbacks"
+        )
+    return orjson.dumps(data), requested
+
+
+def _is_context_window_error(error: ProxyError) -> bool:
+    """The upstream said the prompt does not fit the model (OpenAI's code, Anthropic's and
+    other providers' wording)."""
+    if error.code == "context_length_exceeded":
+        return True
+    text = error.message.lower()
+    return error.status == 400 and any(m in text for m in _CONTEXT_WINDOW_MARKERS)
+
+
+def _is_content_policy_error(error: ProxyError) -> bool:
+    """The provider's safety system refused the prompt."""
+    if error.code in ("content_policy_violation", "content_filter"):
+        return True
+    text = error.message.lower()
+    return error.status == 400 and any(m in text for m in _CONTENT_POLICY_MARKERS)
+
+
+async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for data in rest:
+        yield data
 
 
 def _max_tokens(view: RequestView) -> int | None:

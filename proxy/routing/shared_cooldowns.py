@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.routing.router import Router
+from proxy.tls import redis_from_url
 
 log = logging.getLogger("llm_proxy")
 
@@ -59,7 +60,7 @@ class SharedCooldowns:
         self._retry_interval = retry_interval
         self._idle_ping = idle_ping_interval
         # No socket timeout: the subscriber waits for messages; silence is checked by pings.
-        self._client: Redis = Redis.from_url(
+        self._client: Redis = redis_from_url(  # rediss:// options apply (proxy/tls.py)
             redis_url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self._task: asyncio.Task[None] | None = None

@@ -70,6 +70,10 @@ can keep model names unique:
 * ``midstream-error`` (``/v1/messages`` streams): half-way through the text an Anthropic
   ``error`` event (``overloaded_error``) and a clean end of the stream.
 * ``unknown-event`` (``/v1/messages`` streams): made-up event types among the real ones.
+* ``context-overflow``: 400 ``context_length_exceeded``, as OpenAI answers a prompt longer
+  than the model's context window.
+* ``content-policy``: 400 ``content_policy_violation``, as OpenAI (Azure:
+  ``content_filter``) answers a prompt its safety system rejects.
 
 On ``/v1/messages``, ``error-<status>`` answers with Anthropic's error type for the status
 (e.g. 529 ``overloaded_error``; 429 and 529 add ``retry-after: 1``); ``nousage`` has no
@@ -216,11 +220,14 @@ FaultKind = Literal[
     "long",
     "midstream-error",
     "unknown-event",
+    "context-overflow",
+    "content-policy",
 ]
 
 _NUMERIC_FAULT: Final = re.compile(r"(error|slowfirst|slow|cut|long)-(\d+)(?:\D.*)?", re.DOTALL)
 _WORD_FAULT: Final = re.compile(
-    r"(hang|garbage|reset|nousage|echo|midstream-error|unknown-event)(?:[^A-Za-z0-9].*)?",
+    r"(hang|garbage|reset|nousage|echo|midstream-error|unknown-event|context-overflow"
+    r"|content-policy)(?:[^A-Za-z0-9].*)?",
     re.DOTALL,
 )
 
@@ -513,6 +520,20 @@ async def _entry_faults(request: web.Request, fault: Fault, model: str, stream: 
     """Apply the faults that act before any answer; raise or return normally."""
     if fault.kind == "error":
         raise fault_error(fault.value, model)
+    if fault.kind == "context-overflow":
+        raise FakeApiError(
+            400,
+            "This model's maximum context length is 128000 tokens. However, your messages "
+            "resulted in 200000 tokens. Please reduce the length of the messages.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if fault.kind == "content-policy":
+        raise FakeApiError(
+            400,
+            "Your request was rejected as a result of our safety system.",
+            code="content_policy_violation",
+        )
     if fault.kind == "hang":
         await asyncio.sleep(HANG_SECONDS)
         raise FakeApiError(504, "Hung for an hour.", type_="server_error", code="timeout")
