@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
 from prometheus_client import (
@@ -123,6 +123,22 @@ LOOP_LAG = Histogram(
     "How late a worker's event loop ran a callback scheduled every 0.5 s.",
     buckets=LOOP_LAG_BUCKETS,
 )
+# From a sub-millisecond Redis round trip to a database write that waits on a lock.
+DEPENDENCY_BUCKETS = (
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+DEPENDENCY_DURATION = Histogram(
+    "llm_proxy_dependency_duration_seconds",
+    "Calls to Redis and the database, by dependency (redis, database) and operation "
+    "(limiter, cache, usage_write).",
+    ["dependency", "operation"],
+    buckets=DEPENDENCY_BUCKETS,
+)
+DEPENDENCY_ERRORS = Counter(
+    "llm_proxy_dependency_errors",
+    "Calls to Redis and the database that failed or timed out, by dependency and operation.",
+    ["dependency", "operation"],
+)
 # -- saturation ---------------------------------------------------------------------------
 IN_FLIGHT = Gauge(
     "llm_proxy_requests_in_flight",
@@ -141,16 +157,12 @@ CONNECTIONS_OPEN = Gauge(
     multiprocess_mode="livesum",
 )
 # -- response cache -----------------------------------------------------------------------
-CACHE_LOOKUPS = Counter(
-    "llm_proxy_cache_lookups",
-    "Response-cache lookups, by route and result: hit (answered from the cache) or miss "
-    "(asked upstream; embeddings: any item missing).",
+CACHE_REQUESTS = Counter(
+    "llm_proxy_cache_requests",
+    "Requests to cached routes, by route and result: hit (answered from the cache), miss "
+    "(asked upstream; embeddings: any item missing) or bypass (the cache store, Redis, was "
+    "slow or unreachable: asked upstream, no error).",
     ["route", "result"],
-)
-CACHE_BYPASSES = Counter(
-    "llm_proxy_cache_bypasses",
-    "Cache operations skipped because the cache store (Redis) was slow or unreachable; the "
-    "request went upstream without an error.",
 )
 # -- routing health -----------------------------------------------------------------------
 RETRIES = Counter(
@@ -334,6 +346,7 @@ class Recorder:
         "_cache",
         "_cost",
         "_counts",
+        "_dependencies",
         "_durations",
         "_errors",
         "_known",
@@ -360,6 +373,7 @@ class Recorder:
         self._ttfts: dict[Hashable, Histogram] = {}
         self._rates: dict[Hashable, Histogram] = {}
         self._cache: dict[Hashable, Counter] = {}
+        self._dependencies: dict[Hashable, Histogram] = {}
         self._bypasses = 0  # the cache backend's bypass count already exported
 
     def model_label(self, model: str | None) -> str:
@@ -450,17 +464,35 @@ class Recorder:
 
     # -- response cache -----------------------------------------------------------------
     def cache_lookup(self, route: str, *, hit: bool, bypasses: int) -> None:
-        """One lookup; ``bypasses`` is the backend's running count of skipped operations."""
+        """One lookup; ``bypasses`` is the backend's running count of operations it could
+        not serve: when it grew, this lookup (a miss) was a bypass."""
         if not self.enabled:
             return
-        key = (route, hit)
+        result = "hit" if hit else "miss"
+        if bypasses > self._bypasses:
+            self._bypasses = bypasses
+            if not hit:
+                result = "bypass"
+        key = (route, result)
         counter = self._cache.get(key)
         if counter is None:
-            counter = self._cache[key] = CACHE_LOOKUPS.labels(route, "hit" if hit else "miss")
+            counter = self._cache[key] = CACHE_REQUESTS.labels(route, result)
         counter.inc()
-        if bypasses > self._bypasses:
-            CACHE_BYPASSES.inc(bypasses - self._bypasses)
-            self._bypasses = bypasses
+
+    # -- dependencies ---------------------------------------------------------------------
+    def dependency(self, dependency: str, operation: str, seconds: float, ok: bool) -> None:
+        """One call to Redis or the database: its time, and whether it failed."""
+        if not self.enabled:
+            return
+        key = (dependency, operation)
+        hist = self._dependencies.get(key) or _child(self._dependencies, DEPENDENCY_DURATION, key)
+        hist.observe(seconds)
+        if not ok:
+            DEPENDENCY_ERRORS.labels(dependency, operation).inc()
+
+    def timer(self, dependency: str, operation: str) -> Callable[[float, bool], None]:
+        """``dependency`` bound to one dependency and operation, for an edge to call."""
+        return lambda seconds, ok: self.dependency(dependency, operation, seconds, ok)
 
     # -- routing --------------------------------------------------------------------------
     def retry(self, model: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeVar
 
@@ -49,6 +50,8 @@ class RedisCache:
         self.key_prefix = key_prefix
         self.compress_above = compress_above
         self.bypasses = 0
+        # Told each Redis call's time and whether it succeeded (the latency metric), if set.
+        self.observe: Callable[[float, bool], None] | None = None
         self.corrupt = 0  # values that were not entries: read as misses
         self._timeout = timeout
         self._client: Redis = redis_from_url(
@@ -105,14 +108,19 @@ class RedisCache:
         if not self.breaker.allow():
             self.bypasses += 1
             return None
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
             self.bypasses += 1
             self.breaker.failed(exc.__class__.__name__)
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, False)
             return None
         self.breaker.succeeded()
+        if self.observe is not None:
+            self.observe(time.perf_counter() - started, True)
         return result
 
     async def _ping(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import msgspec
@@ -75,6 +76,10 @@ class RateLimiter:
         self._blocked: dict[str, _Blocked] = {}
         self._committed: dict[str, tuple[int, int]] = {}  # subject -> (budget window, nano-USD)
         self._pending: deque[tuple[Admission, int, int]] = deque(maxlen=_MAX_PENDING)
+
+    def observe_calls(self, observe: Callable[[float, bool], None]) -> None:
+        """Have every Redis call's time and outcome reported (the dependency metrics)."""
+        self._client.observe = observe
 
     @property
     def degraded(self) -> bool:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -96,6 +97,8 @@ class RespClient:
         path = parts.path.lstrip("/")
         self._db = int(path) if path else 0
         self._timeout = timeout
+        # Told each call's time and whether it succeeded (the latency metric), when set.
+        self.observe: Callable[[float, bool], None] | None = None
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -167,7 +170,17 @@ class RespClient:
 
     async def call(self, *args: Any) -> Any:
         conn = await self._connection()
-        return await self._send(conn, args)
+        observe = self.observe
+        if observe is None:
+            return await self._send(conn, args)
+        started = time.perf_counter()
+        try:
+            reply = await self._send(conn, args)
+        except BaseException:
+            observe(time.perf_counter() - started, False)
+            raise
+        observe(time.perf_counter() - started, True)
+        return reply
 
     def script_sha(self, script: str) -> str:
         sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()

@@ -31,7 +31,7 @@ import random
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Protocol, Self
 
@@ -88,6 +88,8 @@ class SpendWriter:
         self.rejected_records_total = 0
         self.dropped_records_total = 0  # spill file unwritable (disk full): really lost
         self.write_errors_total = 0
+        # Told each batch write's time and whether it succeeded (the latency metric), if set.
+        self.observe: Callable[[float, bool], None] | None = None
         self.last_flush_seconds = 0.0
 
     @property
@@ -220,10 +222,23 @@ class SpendWriter:
             self.replayed_records_total += len(batch.records)
         return True
 
-    async def _write(self, records: Sequence[UsageRecord]) -> bool:
+    async def _insert(self, records: Sequence[UsageRecord]) -> None:
+        """One batch into the database, its time and outcome reported when asked."""
         started = time.perf_counter()
         try:
             await self._sink.insert_usage(records)
+        except BaseException:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, False)
+            raise
+        else:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, True)
+
+    async def _write(self, records: Sequence[UsageRecord]) -> bool:
+        started = time.perf_counter()
+        try:
+            await self._insert(records)
         except DatabaseError as exc:
             self.write_errors_total += 1
             log.error("usage: the database refused a batch, retrying row by row: %s", exc)

@@ -213,7 +213,7 @@ def test_metrics_count_hits_and_misses(
         for line in text.splitlines():
             name, _, rest = line.partition("{")
             wanted = f'result="{result}"' in rest and 'route="chat"' in rest
-            if name == "llm_proxy_cache_lookups_total" and wanted:
+            if name == "llm_proxy_cache_requests_total" and wanted:
                 return float(line.split()[-1])
         return 0.0
 
@@ -240,7 +240,11 @@ def test_unreachable_redis_bypasses_the_cache(fake: FakeUpstream) -> None:
             assert raw.parse().choices[0].message.content
         text = proxy.get("/metrics")[1].decode()
     assert upstream_calls(fake, f"gpt-4o-mini-{tag}") == 3
-    bypassed = [ln for ln in text.splitlines() if ln.startswith("llm_proxy_cache_bypasses_total")]
+    bypassed = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("llm_proxy_cache_requests_total") and 'result="bypass"' in ln
+    ]
     assert bypassed and float(bypassed[0].split()[-1]) >= 1
 
 

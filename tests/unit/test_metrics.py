@@ -265,3 +265,17 @@ def test_multiprocess_mode_sums_counters_and_live_gauges(tmp_path: Path) -> None
     # The "stay" worker never said it exited, so its gauges still count: livesum.
     assert float(samples["llm_proxy_streams_open"]) == 1
     assert float(samples["llm_proxy_queue_depth"]) == 1
+
+
+def test_dependency_calls_are_timed_and_failures_counted() -> None:
+    recorder = metrics.Recorder(["m"])
+    timer = recorder.timer("redis", "limiter-test")
+    timer(0.002, True)
+    timer(0.5, False)
+    labels = {"dependency": "redis", "operation": "limiter-test"}
+    count = REGISTRY.get_sample_value("llm_proxy_dependency_duration_seconds_count", labels)
+    errors = REGISTRY.get_sample_value("llm_proxy_dependency_errors_total", labels)
+    assert (count, errors) == (2, 1)
+    off = metrics.Recorder(["m"], enabled=False)
+    off.timer("redis", "limiter-test")(0.1, False)
+    assert REGISTRY.get_sample_value("llm_proxy_dependency_errors_total", labels) == 1

@@ -104,3 +104,23 @@ async def test_database_number_from_the_url(redis_url: str, redis_key_prefix: st
     finally:
         await client.call("DEL", key)
         await client.aclose()
+
+
+async def test_observe_is_told_every_call_and_its_outcome(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """The dependency-latency hook sees each call's time, failures included."""
+    client = RespClient(redis_url, timeout=2)
+    seen: list[tuple[float, bool]] = []
+    client.observe = lambda seconds, ok: seen.append((seconds, ok))
+    key = f"{redis_key_prefix}resp:observed"
+    try:
+        await client.call("SET", key, "x")
+        with pytest.raises(RespReplyError):
+            await client.call("INCR", key)  # not an integer
+        assert [ok for _, ok in seen] == [True, False]
+        assert all(0 <= seconds < 2 for seconds, _ in seen)
+    finally:
+        client.observe = None
+        await client.call("DEL", key)
+        await client.aclose()
