@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from proxy.errors import RateLimitedError
 from proxy.limits import Admission, Limiter, Limits
 from proxy.routing import Deployment
 from proxy.store import KeyRecord, UsageRecord
@@ -123,10 +124,13 @@ class Ledger:
         *,
         prompt_tokens: Callable[[], int],
         max_tokens: int | None,
+        wait: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         """Take the key's and the deployment's limits; 429 (or 503) when it may not run now.
 
         The key goes first: a key over its limit must not use up the deployment's capacity.
+        A deployment over its rpm/tpm makes the request ``wait(seconds)`` and try again,
+        when ``wait`` is given; a key over its own limits is answered 429 at once.
         """
         if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
             return  # the common case without keys: nothing to build per request
@@ -148,14 +152,24 @@ class Ledger:
             tokens = prompt + output
             cost = self._cost(entry, prompt, output, 0)
         for subject, limits in subjects:
-            admission = await self._limiter.admit(
-                subject,
-                limits,
-                estimated_tokens=int(tokens),
-                estimated_cost=cost,
-                request_id=entry.request_id,
-            )
-            if subject.startswith("deployment:"):
+            deployment = subject.startswith("deployment:")
+            while True:
+                try:
+                    admission = await self._limiter.admit(
+                        subject,
+                        limits,
+                        estimated_tokens=int(tokens),
+                        estimated_cost=cost,
+                        request_id=entry.request_id,
+                    )
+                    break
+                except RateLimitedError as exc:
+                    # A deployment at its rpm/tpm: wait for its window in the fair queue
+                    # (which raises a 429 itself when the wait would be too long).
+                    if wait is None or not deployment or exc.retry_after is None:
+                        raise
+                    await wait(exc.retry_after)
+            if deployment:
                 entry.deployment_admission = admission
             else:
                 entry.admission = admission

@@ -396,6 +396,21 @@ class Pipeline:
             self._recorder.queue(-1)
         entry.slot = True
 
+    def _window_wait(self, entry: Entry) -> Callable[[float], Coroutine[Any, Any, None]]:
+        """How a request waits, in the fair queue, for its deployment's rpm/tpm window."""
+        deployment = entry.deployment or ""
+        key = entry.record.token_hash if entry.record is not None else ""
+
+        async def wait(seconds: float) -> None:
+            self._recorder.queue(1)
+            try:
+                until = asyncio.get_running_loop().time() + seconds
+                await self._queue.wait_until(deployment, key, until)
+            finally:
+                self._recorder.queue(-1)
+
+        return wait
+
     def _release(self, entry: Entry) -> None:
         """The upstream call is over: its deployment's load and queue slot are freed."""
         deployment = entry.upstream
@@ -500,6 +515,7 @@ class Pipeline:
                 entry,
                 prompt_tokens=lambda: count_usage(view, upstream_model, None).prompt_tokens,
                 max_tokens=_max_tokens(view),
+                wait=None if entry.deployment_limits is None else self._window_wait(entry),
             )
             req = ParsedRequest(
                 op=op,
@@ -709,6 +725,7 @@ class Pipeline:
                 entry,
                 prompt_tokens=lambda: _count_messages(body, upstream_model, None).prompt_tokens,
                 max_tokens=request.max_tokens,
+                wait=None if entry.deployment_limits is None else self._window_wait(entry),
             )
 
             def build(dep: Deployment) -> tuple[UpstreamRequest, StreamTranslator]:
