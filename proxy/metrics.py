@@ -29,9 +29,12 @@ every name they use is exported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import logging
 import os
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
 from prometheus_client import (
@@ -41,11 +44,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from proxy.errors import ProxyError
+
+log = logging.getLogger("llm_proxy")
 
 # From a 5 ms cache hit to a 5 minute generation.
 LATENCY_BUCKETS = (
@@ -206,8 +214,96 @@ def render() -> bytes:
     if multiprocess_enabled():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if TOP_KEYS.keys:
+            registry.register(TOP_KEYS)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+# -- opt-in: the keys that spent most -----------------------------------------------------
+class _KeyRecord(Protocol):
+    @property
+    def token_hash(self) -> str: ...
+    @property
+    def key_alias(self) -> str | None: ...
+    @property
+    def spend(self) -> float: ...
+    @property
+    def max_budget(self) -> float | None: ...
+
+
+class _KeyLister(Protocol):
+    async def list_keys(
+        self, *, user_id: str | None, team_id: str | None, limit: int, offset: int
+    ) -> Sequence[_KeyRecord]: ...
+
+
+class TopKeys(Collector):
+    """Spend and remaining budget of the N keys that spent most (``server.metrics_top_keys``).
+
+    Off by default: one series per key is the cardinality the rest of the metrics avoid. A
+    worker refreshes its snapshot from the database every minute; each scrape reports the
+    snapshot of the worker that answers it, so a key that leaves the top N leaves the scrape
+    too (a multiprocess gauge would keep its last value). Labelled by the key's alias, or the
+    first 12 hex digits of its hash when it has none; never the key.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, float, float | None]] = []  # (label, spend, remaining)
+
+    def collect(self) -> Iterator[Metric]:
+        spend = GaugeMetricFamily(
+            "llm_proxy_key_spend_usd",
+            "Opt-in: spend in US dollars of the keys that spent most, by key alias.",
+            labels=["key"],
+        )
+        remaining = GaugeMetricFamily(
+            "llm_proxy_key_budget_remaining_usd",
+            "Opt-in: budget left in US dollars of the keys that spent most, by key alias.",
+            labels=["key"],
+        )
+        for label, usd, left in self.keys:
+            spend.add_metric([label], usd)
+            if left is not None:
+                remaining.add_metric([label], left)
+        yield spend
+        yield remaining
+
+    async def refresh(self, keys: _KeyLister, top: int) -> None:
+        records: list[_KeyRecord] = []
+        while page := await keys.list_keys(
+            user_id=None, team_id=None, limit=500, offset=len(records)
+        ):
+            records += page
+        self.keys = [
+            (
+                r.key_alias or r.token_hash[:12],
+                r.spend,
+                None if r.max_budget is None else max(0.0, r.max_budget - r.spend),
+            )
+            for r in heapq.nlargest(top, records, key=lambda r: r.spend)
+        ]
+
+
+TOP_KEYS = TopKeys()
+
+
+async def _watch_top_keys(keys: _KeyLister, top: int, interval: float) -> None:
+    while True:
+        try:
+            await TOP_KEYS.refresh(keys, top)
+        except Exception as exc:  # the database away: keep the last snapshot
+            log.warning("top keys metric: could not read the keys: %s", exc)
+        await asyncio.sleep(interval)
+
+
+def start_top_keys_export(keys: _KeyLister, top: int, interval: float = 60.0) -> asyncio.Task[None]:
+    """Export the ``top`` keys by spend (see ``TopKeys``); without multiprocess mode too."""
+    if not multiprocess_enabled():
+        with contextlib.suppress(ValueError):  # registered already (a second start)
+            REGISTRY.register(TOP_KEYS)
+    task = _watch_top_keys(keys, top, interval)
+    return asyncio.get_running_loop().create_task(task, name="llm-proxy-top-keys")
 
 
 def process_exited(pid: int) -> None:

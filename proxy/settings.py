@@ -50,6 +50,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     metrics: bool = True
+    # export spend and remaining budget of the N keys that spent most (0: off; cardinality)
+    metrics_top_keys: int = 0
     # how often file-backed secrets are checked for a change (0: only on SIGHUP)
     secrets_check_seconds: float = 5.0
 
@@ -123,6 +125,12 @@ class UsageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_size: int = 500
     max_buffered: int = 50_000  # records kept in memory while the database is away
     spill_dir: str | None = None  # then they go to files here (default: the temp dir)
+    # Retention (proxy/usage/retention.py): records older than this many whole UTC days are
+    # rolled up into daily totals (when rollup) and deleted; None keeps them forever.
+    retention_days: int | None = None
+    rollup: bool = True
+    prune_interval_seconds: float = 3600.0
+    prune_batch_size: int = 5000  # rows per transaction, so no lock is held for long
 
 
 class DeploymentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -696,6 +704,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"server.port: expected 1..65535, got {s.port}")
     if s.workers < 0:
         raise ConfigError(f"server.workers: expected 0 (one per core) or more, got {s.workers}")
+    if s.metrics_top_keys < 0:
+        raise ConfigError("server.metrics_top_keys: expected 0 (off) or more")
     if s.max_request_bytes < 1024:
         raise ConfigError("server.max_request_bytes: expected at least 1024")
     _check_master_keys(settings)
@@ -716,6 +726,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError("router.timeout: must be positive")
     if settings.limits.replicas < 1:
         raise ConfigError("limits.replicas: expected at least 1")
+    u = settings.usage
+    if u.retention_days is not None and u.retention_days < 1:
+        raise ConfigError("usage.retention_days: expected at least 1 (or null to keep forever)")
+    if u.prune_interval_seconds <= 0 or u.prune_batch_size < 1:
+        raise ConfigError("usage: prune_interval_seconds and prune_batch_size must be positive")
     for i, entry in enumerate(settings.model_list):
         where = f"model_list[{i}]"
         p = entry.params

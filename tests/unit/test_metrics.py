@@ -279,3 +279,37 @@ def test_dependency_calls_are_timed_and_failures_counted() -> None:
     off = metrics.Recorder(["m"], enabled=False)
     off.timer("redis", "limiter-test")(0.1, False)
     assert REGISTRY.get_sample_value("llm_proxy_dependency_errors_total", labels) == 1
+
+
+class _Key:
+    def __init__(self, alias: str | None, spend: float, budget: float | None) -> None:
+        self.token_hash = (alias or "anon").encode().hex().ljust(64, "0")
+        self.key_alias = alias
+        self.spend = spend
+        self.max_budget = budget
+
+
+class _Keys:
+    def __init__(self, records: list[_Key]) -> None:
+        self.records = records
+
+    async def list_keys(
+        self, *, user_id: str | None, team_id: str | None, limit: int, offset: int
+    ) -> list[_Key]:
+        return self.records[offset : offset + limit]
+
+
+async def test_top_keys_exports_only_the_biggest_spenders() -> None:
+    """N keys by spend, labelled by alias (hash prefix without one); dropped keys vanish."""
+    keys = [_Key(f"team-{i}", float(i), 100.0) for i in range(1200)] + [_Key(None, 5000.0, None)]
+    top = metrics.TopKeys()
+    await top.refresh(_Keys(keys), 3)
+    families = {f.name: f for f in top.collect()}
+    spend = {s.labels["key"]: s.value for s in families["llm_proxy_key_spend_usd"].samples}
+    anon = keys[-1].token_hash[:12]
+    assert spend == {anon: 5000.0, "team-1199": 1199.0, "team-1198": 1198.0}
+    left = families["llm_proxy_key_budget_remaining_usd"].samples
+    assert {s.labels["key"]: s.value for s in left} == {"team-1199": 0.0, "team-1198": 0.0}
+    await top.refresh(_Keys(keys[:2]), 3)
+    spend = {s.labels["key"]: s.value for s in next(iter(top.collect())).samples}
+    assert spend == {"team-1": 1.0, "team-0": 0.0}
