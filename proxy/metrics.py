@@ -34,7 +34,7 @@ import heapq
 import logging
 import os
 import re
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
 from prometheus_client import (
@@ -574,6 +574,36 @@ class Recorder:
         if counter is None:
             counter = self._cache[key] = CACHE_REQUESTS.labels(route, result)
         counter.inc()
+
+    # -- start-up -------------------------------------------------------------------------
+    def initialise(
+        self,
+        *,
+        deployments: Iterable[str],
+        fallbacks: Iterable[tuple[str, Iterable[str]]] = (),
+        cached_routes: Iterable[str] = (),
+        dependencies: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Create the series whose labels the configuration already knows, at zero: a
+        counter that has never moved is then a 0 on dashboards, not "no data", and its
+        first increase is seen by rate() (Prometheus' own advice)."""
+        if not self.enabled:
+            return
+        for deployment in deployments:
+            COOLDOWNS.labels(deployment)
+            CIRCUIT_OPEN.labels(deployment).set(0)
+        for alias in self._known:
+            RETRIES.labels(alias)
+        for alias, chain in fallbacks:
+            for fallback in chain:
+                for result in ("ok", "failed"):
+                    FALLBACKS.labels(self.model_label(alias), self.model_label(fallback), result)
+        for route in cached_routes:
+            for result in ("hit", "miss", "bypass"):
+                CACHE_REQUESTS.labels(route, result)
+        for dependency, operation in dependencies:
+            DEPENDENCY_DURATION.labels(dependency, operation)
+            DEPENDENCY_ERRORS.labels(dependency, operation)
 
     # -- dependencies ---------------------------------------------------------------------
     def dependency(self, dependency: str, operation: str, seconds: float, ok: bool) -> None:

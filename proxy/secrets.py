@@ -114,12 +114,13 @@ class MasterKeys:
         if self._current is None:
             return False
         given = key.encode()
-        now = self._clock()
         found = hmac.compare_digest(given, self._current)
-        for candidate, expires in (*self._previous, *self._retired):
-            # No short-circuit: every accepted key is compared whatever the outcome.
-            same = hmac.compare_digest(given, candidate)
-            found |= same and now < expires
+        if self._previous or self._retired:
+            now = self._clock()
+            for candidate, expires in (*self._previous, *self._retired):
+                # No short-circuit: every accepted key is compared whatever the outcome.
+                same = hmac.compare_digest(given, candidate)
+                found |= same and now < expires
         return found
 
     def rotate(self, current: str, grace_seconds: float = 0.0) -> None:

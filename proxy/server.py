@@ -11,11 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from proxy.logs import configure_logging
 from proxy.settings import Settings
+
+if TYPE_CHECKING:
+    from sanic import Sanic
 
 log = logging.getLogger("llm_proxy")
 
@@ -50,6 +55,19 @@ def serve(settings: Settings) -> None:
 
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
+    if workers > 1:
+        from proxy.rotation import sighup_forwarder
+
+        # The manager holds no secrets of its own: SIGHUP goes on to the workers. Until the
+        # manager is up it is ignored, which multiprocessing's helper processes inherit (a
+        # SIGHUP to the whole process group must not end them).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        forward = sighup_forwarder(partial(_worker_pids, app))
+
+        def _forward_sighup(_: Sanic[Any, Any]) -> None:
+            signal.signal(signal.SIGHUP, forward)
+
+        app.main_process_ready(_forward_sighup)
     app.prepare(
         host=s.host,
         port=s.port,
@@ -69,3 +87,12 @@ def serve(settings: Settings) -> None:
         Sanic.serve_single(primary=app)
     else:
         Sanic.serve(primary=app, app_loader=loader)
+
+
+def _worker_pids(app: Sanic[Any, Any]) -> list[int]:
+    from sanic.exceptions import SanicException
+
+    try:
+        return [p.pid for p in app.manager.processes if p.pid]
+    except SanicException:  # the manager is not running yet
+        return []

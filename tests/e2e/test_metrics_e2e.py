@@ -58,7 +58,14 @@ def scrape(server: ProxyServer) -> Samples:
 @pytest.fixture(scope="module")
 def server(fake: FakeUpstream) -> Iterator[ProxyServer]:
     """Two workers with the access log on, after the traffic mix below."""
-    config = proxy_config(fake, server={"access_log": True})
+    # A cache that serves only requests that opt in (none here: the counts stay exact) and
+    # a fallback, so their series are created at start-up like the others.
+    config = proxy_config(
+        fake,
+        server={"access_log": True},
+        cache={"type": "memory", "mode": "default_off"},
+        router={"fallbacks": [["err-503", ["gpt-4o-mini"]]]},
+    )
     with run_proxy(config, workers=2) as proxy:
         with openai.OpenAI(base_url=proxy.base_url, api_key="x", max_retries=0) as client:
             for _ in range(6):
