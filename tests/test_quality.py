@@ -15,8 +15,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "argv",
     [
-        ["ruff", "check", "proxy", "tests", "bench"],
-        ["ruff", "format", "--check", "proxy", "tests", "bench"],
+        ["ruff", "check", "proxy", "tests", "bench", "loadtests"],
+        ["ruff", "format", "--check", "proxy", "tests", "bench", "loadtests"],
         ["mypy"],
         ["lint-imports"],
     ],

@@ -9,6 +9,7 @@ checked here instead.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,7 +244,7 @@ def test_shutdown_fits_in_the_grace_period(render: Render, variant: str) -> None
 
 @pytest.mark.parametrize("variant", ["staging", "production"])
 def test_the_hpa_targets_are_70_80_100_50(render: Render, variant: str) -> None:
-    """CPU 70%, memory 80%, 100 req/s and 50 in flight per pod; scale down slower than up."""
+    """CPU 70%, memory 80%, 100 req/s and 50 queued per pod; scale down slower than up."""
     hpa = one(render(variant), "HorizontalPodAutoscaler")["spec"]
     targets = {}
     for metric in hpa["metrics"]:
@@ -255,7 +256,7 @@ def test_the_hpa_targets_are_70_80_100_50(render: Render, variant: str) -> None:
         "cpu": {"type": "Utilization", "averageUtilization": 70},
         "memory": {"type": "Utilization", "averageUtilization": 80},
         "llm_proxy_requests_per_second": {"type": "AverageValue", "averageValue": "100"},
-        "llm_proxy_requests_in_flight": {"type": "AverageValue", "averageValue": "50"},
+        "llm_proxy_queue_depth": {"type": "AverageValue", "averageValue": "50"},
     }
     behavior = hpa["behavior"]
     down, up = behavior["scaleDown"], behavior["scaleUp"]
@@ -266,7 +267,7 @@ def test_the_adapter_serves_the_hpa_metrics_from_series_the_proxy_exports(render
     """prometheus-adapter's rules read metrics proxy.metrics defines and name the HPA's."""
     from proxy import metrics
 
-    exported = {metrics.IN_FLIGHT.describe()[0].name}
+    exported = {metrics.QUEUE_DEPTH.describe()[0].name}
     exported |= {f"{metrics.REQUESTS.describe()[0].name}_total"}
     (adapter,) = kustomize(K8S / "components" / "prometheus-adapter")
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
@@ -432,3 +433,57 @@ def test_migration_job_runs_the_cli_safely(render: Render, variant: str) -> None
     assert pod["restartPolicy"] == "Never"
     env = {e["name"]: e for e in container["env"]}
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
+
+
+def _capacity_figures() -> dict[str, Any]:
+    return dict(json.loads((ROOT / "bench" / "capacity.json").read_text()))
+
+
+@pytest.mark.parametrize("variant", ["staging", "production"])
+def test_the_hpa_targets_match_bench_readme_capacity_figures(render: Render, variant: str) -> None:
+    """The HPA and resources are what bench/capacity.py measured against, and the figures agree."""
+    from loadtests.capacity import targets_from
+
+    docs = render(variant)
+    figures = _capacity_figures()
+    found = figures["findings"]
+    targets = targets_from(one(docs, "Deployment"), one(docs, "HorizontalPodAutoscaler"))
+    # Measured against these very settings: a change to either needs a new capacity run.
+    assert figures["targets"] == {
+        "cpu_request_millicores": targets.cpu_request_millicores,
+        "memory_request_mib": targets.memory_request_mib,
+        "memory_limit_mib": targets.memory_limit_mib,
+        "cpu_utilization": targets.cpu_utilization,
+        "memory_utilization": targets.memory_utilization,
+        "requests_per_second": targets.requests_per_second,
+        "load_metric": targets.load_metric,
+        "load_value": targets.load_value,
+    }
+    assert found["agrees"] is True, found["verdict"]
+    # The rate target fires first; CPU, then memory, are the backstops.
+    assert found["order"][0] == f"requests/s {targets.requests_per_second:g}"
+    assert found["cpu_target_rps"] > targets.requests_per_second
+    memory_target = targets.memory_request_mib * targets.memory_utilization / 100
+    assert found["peak_rss_mb"] < memory_target < targets.memory_limit_mib
+
+
+def test_bench_readme_quotes_the_capacity_figures() -> None:
+    """bench/README.md's Capacity section states the figures bench/capacity.json holds."""
+    found = _capacity_figures()["findings"]
+    readme = (ROOT / "bench" / "README.md").read_text()
+    section = readme.split("\n## Capacity", 1)[1].split("\n## ", 1)[0]
+    assert f"{found['cpu_target_rps']:,} req/s" in section
+    assert f"{found['peak_rss_mb']:.0f} MB" in section
+    added = "/".join(f"{a:+.2f}" for a in found["added_ms_at_rate_target"])
+    assert added in section
+    assert found["verdict"] in section
+
+
+def test_capacity_figures_come_from_a_replica_limited_to_one_core() -> None:
+    """The recorded run stepped a rising load, the rate target among it, on one pinned core."""
+    figures = _capacity_figures()
+    steps = figures["steps"]
+    rates = [s["offered_rps"] for s in steps]
+    assert rates == sorted(rates) and len(rates) >= 5
+    assert figures["targets"]["requests_per_second"] in rates
+    assert all(s["cpu_millicores"] <= 1000 * 1.05 for s in steps)  # taskset: one core

@@ -1,0 +1,1 @@
+"""Load tests: realistic traffic (locustfile.py), a realistic fake provider, the runner."""
