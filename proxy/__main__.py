@@ -1,4 +1,5 @@
-"""The ``llm-proxy`` command: ``serve`` (the default), ``check-config``, ``migrate``, ``keys``."""
+"""The ``llm-proxy`` command: ``serve`` (the default), ``check-config``, ``migrate``, ``keys``,
+``usage``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import os
 import sys
 
 from proxy import __version__
-from proxy.cli import add_key_commands, migrate, run_key_command
+from proxy.cli import (
+    add_key_commands,
+    add_usage_commands,
+    migrate,
+    run_key_command,
+    run_usage_command,
+)
 from proxy.settings import ConfigError, Settings, load_settings
 
 CONFIG_ERROR_EXIT = 2
@@ -23,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", "validate the config"),
         ("migrate", "create or upgrade the database schema, then exit"),
         ("keys", "manage virtual keys in the database"),
+        ("usage", "usage records: prune old ones (retention)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="YAML config file (default: $LLM_PROXY_CONFIG)")
@@ -32,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
         if name == "keys":
             add_key_commands(p)
+        if name == "usage":
+            add_usage_commands(p)
     return parser
 
 
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(migrate(settings))
     if args.command == "keys":
         return asyncio.run(run_key_command(settings, args))
+    if args.command == "usage":
+        return asyncio.run(run_usage_command(settings, args))
     if args.command == "check-config":
         print(
             f"config ok: {len(settings.model_list)} deployment(s) for "

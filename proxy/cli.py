@@ -1,4 +1,5 @@
-"""``llm-proxy migrate`` and ``llm-proxy keys ...``: the same service code as the admin API.
+"""``llm-proxy migrate``, ``llm-proxy keys ...`` and ``llm-proxy usage prune``: the same
+service code as the admin API and the proxy's own background tasks.
 
 ``migrate`` is what a Kubernetes Job runs before a rollout; it is idempotent and safe next
 to replicas that migrate at start-up (the schema change is serialised by an advisory lock).
@@ -11,9 +12,11 @@ import sys
 
 import msgspec
 
+from proxy.audit import cli_actor
 from proxy.keys import KeyCache, KeyService
 from proxy.settings import Settings
 from proxy.store import DatabaseError, DatabaseUnavailableError, Store, open_store
+from proxy.usage.retention import UsagePruner
 from proxy.wire.admin import GenerateKeyRequest
 
 _encoder = msgspec.json.Encoder()
@@ -81,7 +84,8 @@ async def _key_command(service: KeyService, args: argparse.Namespace) -> int:
             for name in GenerateKeyRequest.__struct_fields__
             if getattr(args, name, None) is not None
         }
-        raw, record = await service.generate(msgspec.convert(fields, GenerateKeyRequest))
+        request = msgspec.convert(fields, GenerateKeyRequest)
+        raw, record = await service.generate(request, by=cli_actor())
         _print({"key": raw, "token": record.token_hash, "key_alias": record.key_alias})
     elif args.key_command == "list":
         offset = 0
@@ -92,7 +96,46 @@ async def _key_command(service: KeyService, args: argparse.Namespace) -> int:
     elif args.key_command == "info":
         _print(await service.info(args.key))
     elif args.key_command == "delete":
-        deleted = await service.delete(args.keys, [])
+        deleted = await service.delete(args.keys, [], by=cli_actor())
         _print({"deleted_keys": deleted})
         return 0 if len(deleted) == len(args.keys) else 1
+    return 0
+
+
+def add_usage_commands(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="usage_command", required=True)
+    prune = sub.add_parser(
+        "prune", help="roll up and delete usage records older than the retention period"
+    )
+    prune.add_argument(
+        "--retention-days", type=int, help="whole UTC days to keep (default: usage.retention_days)"
+    )
+    prune.add_argument("--batch-size", type=int, help="rows per transaction")
+    prune.add_argument(
+        "--no-rollup", action="store_true", help="delete without adding to daily totals"
+    )
+
+
+async def run_usage_command(settings: Settings, args: argparse.Namespace) -> int:
+    usage = settings.usage
+    days = args.retention_days if args.retention_days is not None else usage.retention_days
+    if days is None or days < 1:
+        sys.stderr.write(
+            "llm-proxy: usage prune needs --retention-days N (N >= 1) or usage.retention_days\n"
+        )
+        return 2
+    batch_size = args.batch_size if args.batch_size is not None else usage.prune_batch_size
+    if batch_size < 1:
+        sys.stderr.write("llm-proxy: --batch-size must be at least 1\n")
+        return 2
+    rollup = usage.rollup and not args.no_rollup
+    try:
+        async with _store(settings) as store:
+            await store.migrate()
+            pruner = UsagePruner(store, retention_days=days, rollup=rollup, batch_size=batch_size)
+            result = await pruner.prune_once()
+    except (DatabaseError, DatabaseUnavailableError) as exc:
+        sys.stderr.write(f"llm-proxy: usage prune failed: {exc}\n")
+        return 1
+    _print(result)
     return 0

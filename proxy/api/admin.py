@@ -1,6 +1,9 @@
-"""The admin API (master key only): virtual keys under ``/key/*`` and spend at ``/usage``.
+"""The admin API (master key only): virtual keys under ``/key/*``, spend at ``/usage`` and
+the audit trail of admin actions at ``/audit``.
 
 Shapes follow LiteLLM's endpoints where they exist, so migration scripts keep working.
+Every key change is audited with the actor ``authenticate_admin`` names, the client's
+address (and ``x-forwarded-for`` as given) and the request id.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import msgspec
 from sanic import HTTPResponse, Request, Sanic
 
 from proxy.api.openai import check_content_type, context_of, request_id
+from proxy.audit import Actor
 from proxy.errors import InvalidRequestError, NotFoundError
 from proxy.keys import KeyService, token_hash_of
 from proxy.store import GROUP_BY, KeyRecord
+from proxy.store.audit import AUDIT_ACTIONS, AUDIT_LIMIT_MAX, AuditQuery
 from proxy.wire.admin import DeleteKeysRequest, GenerateKeyRequest, KeyRef, UpdateKeyRequest
 
 _T = TypeVar("_T")
@@ -38,11 +43,22 @@ def _decode(request: Request, kind: type[_T]) -> _T:
 
 
 def _keys(request: Request) -> KeyService:
+    return _admin(request)[0]
+
+
+def _admin(request: Request) -> tuple[KeyService, Actor]:
+    """The key service and who is calling, once the master key checked out."""
     ctx = context_of(request)
-    ctx.pipeline.authenticate_admin(request.headers)
+    actor = ctx.pipeline.authenticate_admin(request.headers)
     if ctx.keys is None:
         raise NotFoundError("Virtual keys are not enabled on this proxy.")
-    return ctx.keys
+    by = Actor(
+        name=actor,
+        client_ip=request.remote_addr or request.ip or None,
+        forwarded_for=request.headers.get("x-forwarded-for"),
+        request_id=request_id(request),
+    )
+    return ctx.keys, by
 
 
 def _view(record: KeyRecord) -> dict[str, Any]:
@@ -54,8 +70,8 @@ def _view(record: KeyRecord) -> dict[str, Any]:
 
 
 async def generate(request: Request) -> HTTPResponse:
-    keys = _keys(request)
-    raw, record = await keys.generate(_decode(request, GenerateKeyRequest))
+    keys, by = _admin(request)
+    raw, record = await keys.generate(_decode(request, GenerateKeyRequest), by=by)
     return _json({**_view(record), "key": raw}, request)
 
 
@@ -69,32 +85,34 @@ async def info(request: Request) -> HTTPResponse:
 
 
 async def update(request: Request) -> HTTPResponse:
-    keys = _keys(request)
-    return _json(_view(await keys.update(_decode(request, UpdateKeyRequest))), request)
+    keys, by = _admin(request)
+    return _json(_view(await keys.update(_decode(request, UpdateKeyRequest), by=by)), request)
 
 
 async def delete(request: Request) -> HTTPResponse:
-    keys = _keys(request)
+    keys, by = _admin(request)
     req = _decode(request, DeleteKeysRequest)
     if not req.keys and not req.key_aliases:
         raise InvalidRequestError("Give 'keys' or 'key_aliases' to delete.", param="keys")
-    deleted = await keys.delete(req.keys, req.key_aliases)
+    deleted = await keys.delete(req.keys, req.key_aliases, by=by)
     return _json({"deleted_keys": deleted}, request)
 
 
 async def block(request: Request) -> HTTPResponse:
-    keys = _keys(request)
-    return _json(_view(await keys.set_blocked(_decode(request, KeyRef).key, True)), request)
+    keys, by = _admin(request)
+    key = _decode(request, KeyRef).key
+    return _json(_view(await keys.set_blocked(key, True, by=by)), request)
 
 
 async def unblock(request: Request) -> HTTPResponse:
-    keys = _keys(request)
-    return _json(_view(await keys.set_blocked(_decode(request, KeyRef).key, False)), request)
+    keys, by = _admin(request)
+    key = _decode(request, KeyRef).key
+    return _json(_view(await keys.set_blocked(key, False, by=by)), request)
 
 
 async def regenerate(request: Request, key: str | None = None) -> HTTPResponse:
-    keys = _keys(request)
-    raw, record = await keys.regenerate(key or _decode(request, KeyRef).key)
+    keys, by = _admin(request)
+    raw, record = await keys.regenerate(key or _decode(request, KeyRef).key, by=by)
     return _json({**_view(record), "key": raw}, request)
 
 
@@ -131,12 +149,51 @@ async def usage(request: Request) -> HTTPResponse:
     return _json({"group_by": group_by, "data": rows}, request)
 
 
-def _int_arg(request: Request, name: str, default: int) -> int:
+async def audit_log(request: Request) -> HTTPResponse:
+    """Admin actions, newest first; ``next_cursor`` fetches the page after this one."""
+    keys = _keys(request)
+    action = request.args.get("action")
+    if action is not None and action not in AUDIT_ACTIONS:
+        raise InvalidRequestError(
+            f"'action' must be one of {', '.join(AUDIT_ACTIONS)}.", param="action"
+        )
+    limit = _int_arg(request, "limit", 100)
+    if limit > AUDIT_LIMIT_MAX:
+        raise InvalidRequestError(f"'limit' must be at most {AUDIT_LIMIT_MAX}.", param="limit")
+    key = request.args.get("key")
+    cursor = request.args.get("cursor")
+    query = AuditQuery(
+        action=action,
+        actor=request.args.get("actor"),
+        key_hash=token_hash_of(key) if key else None,
+        key_alias=key or None,
+        start=_date_arg(request, "from"),
+        end=_date_arg(request, "to"),
+        before_id=None if cursor is None else _int_arg(request, "cursor", 0),
+        limit=limit + 1,  # one more than asked: tells whether another page follows
+        offset=_int_arg(request, "offset", 0, minimum=0),
+    )
+    rows = await keys.store.list_audit(query)
+    page = rows[:limit]
+    more = len(rows) > limit
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "has_more": more,
+            "next_cursor": str(page[-1].id) if more and page[-1].id is not None else None,
+        },
+        request,
+    )
+
+
+def _int_arg(request: Request, name: str, default: int, *, minimum: int = 1) -> int:
     value = request.args.get(name)
     if value is None:
         return default
-    if not value.isdigit() or int(value) < 1:
-        raise InvalidRequestError(f"'{name}' must be a positive integer.", param=name)
+    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) < minimum:
+        kind = "a positive" if minimum >= 1 else "a non-negative"
+        raise InvalidRequestError(f"'{name}' must be {kind} integer.", param=name)
     return int(value)
 
 
@@ -167,6 +224,7 @@ def register(app: Sanic[Any, Any]) -> None:
         (regenerate, "/key/<key:str>/regenerate", "POST"),
         (list_keys, "/key/list", "GET"),
         (usage, "/usage", "GET"),
+        (audit_log, "/audit", "GET"),
     )
     for handler, path, method in routes:
         name = "admin" + path.replace("/", "_").replace("<", "").replace(">", "").replace(":", "")

@@ -2,7 +2,8 @@
 
 The request path reads only the local cache (see cache.py); the admin path writes the
 store, drops the key from this worker's cache and publishes the change so every other
-worker and replica drops it too.
+worker and replica drops it too. Every admin write names its ``Actor`` and is audited:
+the store writes the audit row in the change's transaction, then it is logged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from proxy import audit
+from proxy.audit import Actor
 from proxy.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -28,6 +31,7 @@ from proxy.wire.admin import GenerateKeyRequest, UpdateKeyRequest
 
 Publish = Callable[[str], Awaitable[bool]]
 _LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "max_parallel_requests", "max_budget")
+_GENERATE_DEFAULTS = msgspec.structs.asdict(GenerateKeyRequest())
 
 
 class KeyService:
@@ -74,7 +78,7 @@ class KeyService:
         self.cache.invalidate(token_hash)
 
     # -- the admin path -----------------------------------------------------------------
-    async def generate(self, req: GenerateKeyRequest) -> tuple[str, KeyRecord]:
+    async def generate(self, req: GenerateKeyRequest, *, by: Actor) -> tuple[str, KeyRecord]:
         raw = req.key or generate_key()
         if len(raw) < 8:
             raise InvalidRequestError("A custom key needs at least 8 characters.", param="key")
@@ -97,7 +101,21 @@ class KeyService:
             blocked=req.blocked,
         )
         _check_limits(record)
-        return raw, await self.store.insert_key(record)
+        given = {
+            name: value
+            for name, value in msgspec.structs.asdict(req).items()
+            if value != _GENERATE_DEFAULTS[name]
+        }
+        done = audit.entry(
+            by,
+            "key.generated",
+            target_hash=record.token_hash,
+            target_alias=record.key_alias,
+            changes=given,
+        )
+        stored = await self.store.insert_key(record, audit=done)
+        audit.emit(done)
+        return raw, stored
 
     async def info(self, key: str) -> KeyRecord:
         record = await self.store.get_key(token_hash_of(key))
@@ -105,7 +123,9 @@ class KeyService:
             raise NotFoundError("No such key.", param="key", code="key_not_found")
         return record
 
-    async def update(self, req: UpdateKeyRequest) -> KeyRecord:
+    async def update(
+        self, req: UpdateKeyRequest, *, by: Actor, action: str = "key.updated"
+    ) -> KeyRecord:
         token_hash = token_hash_of(req.key)
         changes: dict[str, Any] = {
             name: value
@@ -122,33 +142,60 @@ class KeyService:
         for name in _LIMIT_FIELDS:
             if name in changes and changes[name] < 0:
                 raise InvalidRequestError(f"'{name}' must not be negative.", param=name)
-        record = await self.store.update_key(token_hash, **changes)
+        # The audit row names the key as it was found (its alias before a rename).
+        done = audit.entry(
+            by,
+            action,
+            target_hash=token_hash,
+            target_alias=(await self.info(token_hash)).key_alias,
+            changes=changes,
+        )
+        record = await self.store.update_key(token_hash, audit=done, **changes)
         if record is None:
             raise NotFoundError("No such key.", param="key", code="key_not_found")
+        audit.emit(done)
         await self._changed(token_hash)
         return record
 
-    async def set_blocked(self, key: str, blocked: bool) -> KeyRecord:
-        return await self.update(UpdateKeyRequest(key=key, blocked=blocked))
+    async def set_blocked(self, key: str, blocked: bool, *, by: Actor) -> KeyRecord:
+        action = "key.blocked" if blocked else "key.unblocked"
+        return await self.update(UpdateKeyRequest(key=key, blocked=blocked), by=by, action=action)
 
-    async def delete(self, keys: list[str], aliases: list[str]) -> list[str]:
-        hashes = [token_hash_of(k) for k in keys]
+    async def delete(self, keys: list[str], aliases: list[str], *, by: Actor) -> list[str]:
+        found = {
+            r.token_hash: r
+            for r in [await self.store.get_key(token_hash_of(k)) for k in keys]
+            if r is not None
+        }
         if aliases:
             wanted = set(aliases)
-            hashes += [r.token_hash for r in await self._all() if r.key_alias in wanted]
+            found.update((r.token_hash, r) for r in await self._all() if r.key_alias in wanted)
         deleted = []
-        for token_hash in dict.fromkeys(hashes):
-            if await self.store.delete_key(token_hash):
+        for token_hash, record in found.items():
+            done = audit.entry(
+                by, "key.deleted", target_hash=token_hash, target_alias=record.key_alias
+            )
+            if await self.store.delete_key(token_hash, audit=done):
+                audit.emit(done)
                 deleted.append(token_hash)
                 await self._changed(token_hash)
         return deleted
 
-    async def regenerate(self, key: str) -> tuple[str, KeyRecord]:
+    async def regenerate(self, key: str, *, by: Actor) -> tuple[str, KeyRecord]:
         old = token_hash_of(key)
         raw = generate_key()
-        record = await self.store.replace_key_hash(old, hash_key(raw), key_name=display_name(raw))
+        new = hash_key(raw)
+        done = audit.entry(
+            by,
+            "key.regenerated",
+            target_hash=old,
+            target_alias=(await self.info(old)).key_alias,
+            changes={"token_hash": new},
+        )
+        record = await self.store.replace_key_hash(old, new, key_name=display_name(raw), audit=done)
         if record is None:
             raise NotFoundError("No such key.", param="key", code="key_not_found")
+        audit.emit(done)
         await self._changed(old)
         return raw, record
 

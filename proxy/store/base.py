@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from proxy.store.records import UPDATABLE_KEY_FIELDS, KeyRecord, UsageRecord
+
+if TYPE_CHECKING:
+    from proxy.store.audit import AuditEntry, AuditQuery
+    from proxy.store.rollup import PruneResult
 
 GroupBy = Literal["day", "model", "key"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "key")
@@ -25,17 +29,6 @@ SUMMARY_TOTALS = (
     "total_tokens",
     "cost_usd",
 )
-
-
-def summary_sql(group: str, where: str) -> str:
-    """The usage_summary query; ``group`` and ``where`` are in each backend's dialect.
-
-    Its columns are ``summary_row``'s order: the group column(s), then ``SUMMARY_TOTALS``.
-    """
-    return (
-        f"SELECT {group}, count(*), sum(prompt_tokens), sum(completion_tokens),"
-        f" sum(total_tokens), sum(cost_usd) FROM usage_records {where} GROUP BY 1 ORDER BY 1"
-    )
 
 
 class Store(Protocol):
@@ -58,17 +51,22 @@ class Store(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    async def insert_key(self, rec: KeyRecord) -> KeyRecord:
+    # The key writes take an optional ``audit`` entry, stored in the same transaction when
+    # the write changes a key (so a committed change always has its audit row).
+
+    async def insert_key(self, rec: KeyRecord, *, audit: AuditEntry | None = None) -> KeyRecord:
         """Store a new key; ``KeyExistsError`` when its hash or alias is taken."""
         ...
 
     async def get_key(self, token_hash: str) -> KeyRecord | None: ...
 
-    async def update_key(self, token_hash: str, **fields: Any) -> KeyRecord | None:
+    async def update_key(
+        self, token_hash: str, *, audit: AuditEntry | None = None, **fields: Any
+    ) -> KeyRecord | None:
         """Change the named fields; None when no such key. Unknown fields: ``TypeError``."""
         ...
 
-    async def delete_key(self, token_hash: str) -> bool: ...
+    async def delete_key(self, token_hash: str, *, audit: AuditEntry | None = None) -> bool: ...
 
     async def list_keys(
         self,
@@ -82,9 +80,24 @@ class Store(Protocol):
         ...
 
     async def replace_key_hash(
-        self, old: str, new: str, *, key_name: str | None = None
+        self, old: str, new: str, *, key_name: str | None = None, audit: AuditEntry | None = None
     ) -> KeyRecord | None:
         """Give a key a new hash (regeneration), keeping its settings and spend."""
+        ...
+
+    async def insert_audit(self, entry: AuditEntry) -> None:
+        """Store an audit entry on its own (for actions that change no key)."""
+        ...
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching ``query``, newest first."""
+        ...
+
+    async def prune_usage(
+        self, before: datetime, *, batch_size: int = 5000, rollup: bool = True
+    ) -> PruneResult:
+        """Delete usage records started before ``before``, in batches of ``batch_size``;
+        with ``rollup``, add each batch to ``usage_daily`` in the same transaction."""
         ...
 
     async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
@@ -103,7 +116,8 @@ class Store(Protocol):
         end: datetime | None = None,
         group_by: GroupBy = "day",
     ) -> list[dict[str, Any]]:
-        """Totals per UTC day, model or key over ``start <= started_at < end``.
+        """Totals per UTC day, model or key over ``start <= started_at < end``, including
+        days rolled up into ``usage_daily`` (those count whole: see proxy/store/rollup.py).
 
         Each row holds the group column (``day`` as "YYYY-MM-DD", ``model``, or
         ``token_hash`` plus ``key_alias``) and ``SUMMARY_TOTALS``; rows sorted by group.

@@ -25,17 +25,31 @@ import asyncpg
 import msgspec
 
 from proxy.errors import ProxyError
+from proxy.store.audit import (
+    AUDIT_COLUMNS,
+    AuditEntry,
+    AuditQuery,
+    audit_entry,
+    audit_list_sql,
+    audit_values,
+)
 from proxy.store.base import (
     GroupBy,
     check_group_by,
     checked_update,
     per_request_unique,
     summary_row,
-    summary_sql,
     utc,
 )
 from proxy.store.errors import DatabaseError, DatabaseUnavailableError, KeyExistsError
 from proxy.store.records import KEY_COLUMNS, USAGE_COLUMNS, KeyRecord, UsageRecord
+from proxy.store.rollup import (
+    POSTGRES_PRUNE_DELETE,
+    POSTGRES_PRUNE_ROLLUP,
+    PRUNE_BATCH_DEFAULT,
+    PruneResult,
+    summary_sql,
+)
 from proxy.store.schema import MIGRATIONS, POSTGRES_LEDGER, POSTGRES_STAGING
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -46,11 +60,11 @@ _JSON_COLUMNS = frozenset({"models", "metadata"})
 _TRANSIENT_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator, system
 _TRANSIENT_CODES = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock
 
-_SUMMARY_GROUPS: dict[str, str] = {
-    "day": "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-    "model": "model",
-    "key": "token_hash, max(key_alias)",
-}
+_RECORD_DAY = "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+_AUDIT_INSERT = (
+    f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(AUDIT_COLUMNS) + 1))})"
+)
 
 _json_encode = msgspec.json.Encoder().encode
 
@@ -96,6 +110,17 @@ class PostgresStore:
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()  # the server is gone; do not wait for goodbyes
 
+    def set_dsn(self, dsn: str) -> None:
+        """Open new connections with ``dsn`` (rotated credentials); open ones stay."""
+        self._dsn = dsn
+
+    async def _connect_with_current_dsn(
+        self, dsn: str | None = None, **kwargs: Any
+    ) -> asyncpg.Connection[asyncpg.Record]:
+        # The pool's connect hook: the DSN given at pool creation may have been rotated since.
+        connection: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(self._dsn, **kwargs)
+        return connection
+
     async def _get_pool(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is not None:
             return self._pool
@@ -115,6 +140,7 @@ class PostgresStore:
                         command_timeout=self._command_timeout,
                         server_settings=settings,
                         init=_prepare_connection,
+                        connect=self._connect_with_current_dsn,
                     )
                 except Exception as exc:
                     _raise_mapped(exc)
@@ -169,17 +195,18 @@ class PostgresStore:
 
     # -- keys ----------------------------------------------------------------------------
 
-    async def insert_key(self, rec: KeyRecord) -> KeyRecord:
+    async def insert_key(self, rec: KeyRecord, *, audit: AuditEntry | None = None) -> KeyRecord:
         now = datetime.now(UTC)
         rec = msgspec.structs.replace(rec, created_at=rec.created_at or now, updated_at=now)
         values = [_encode(name, getattr(rec, name)) for name in KEY_COLUMNS]
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         sql = f"INSERT INTO virtual_keys ({_KEY_SELECT}) VALUES ({marks}) RETURNING {_KEY_SELECT}"
-        async with self._connection() as con:
+        async with self._connection() as con, con.transaction():
             try:
                 row = await con.fetchrow(sql, *values)
             except asyncpg.UniqueViolationError as exc:
                 raise KeyExistsError("a key with this hash or alias already exists") from exc
+            await _audit(con, audit)
         assert row is not None
         return _key_record(row)
 
@@ -189,23 +216,30 @@ class PostgresStore:
             row = await con.fetchrow(sql, token_hash)
         return None if row is None else _key_record(row)
 
-    async def update_key(self, token_hash: str, **fields: Any) -> KeyRecord | None:
+    async def update_key(
+        self, token_hash: str, *, audit: AuditEntry | None = None, **fields: Any
+    ) -> KeyRecord | None:
         fields = checked_update(fields)
         names = list(fields)
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
         sql = f"UPDATE virtual_keys SET {sets} WHERE token_hash = $1 RETURNING {_KEY_SELECT}"
         values = [_encode(name, fields[name]) for name in names]
-        async with self._connection() as con:
+        async with self._connection() as con, con.transaction():
             try:
                 row = await con.fetchrow(sql, token_hash, *values)
             except asyncpg.UniqueViolationError as exc:
                 raise KeyExistsError("another key already has this alias") from exc
+            if row is not None:
+                await _audit(con, audit)
         return None if row is None else _key_record(row)
 
-    async def delete_key(self, token_hash: str) -> bool:
+    async def delete_key(self, token_hash: str, *, audit: AuditEntry | None = None) -> bool:
         sql = "DELETE FROM virtual_keys WHERE token_hash = $1 RETURNING 1"
-        async with self._connection() as con:
-            return await con.fetchval(sql, token_hash) is not None
+        async with self._connection() as con, con.transaction():
+            deleted = await con.fetchval(sql, token_hash) is not None
+            if deleted:
+                await _audit(con, audit)
+            return deleted
 
     async def list_keys(
         self,
@@ -226,18 +260,32 @@ class PostgresStore:
         return [_key_record(row) for row in rows]
 
     async def replace_key_hash(
-        self, old: str, new: str, *, key_name: str | None = None
+        self, old: str, new: str, *, key_name: str | None = None, audit: AuditEntry | None = None
     ) -> KeyRecord | None:
         sql = (
             "UPDATE virtual_keys SET token_hash = $2, key_name = coalesce($3, key_name),"
             f" updated_at = $4 WHERE token_hash = $1 RETURNING {_KEY_SELECT}"
         )
-        async with self._connection() as con:
+        async with self._connection() as con, con.transaction():
             try:
                 row = await con.fetchrow(sql, old, new, key_name, datetime.now(UTC))
             except asyncpg.UniqueViolationError as exc:
                 raise KeyExistsError("a key with the new hash already exists") from exc
+            if row is not None:
+                await _audit(con, audit)
         return None if row is None else _key_record(row)
+
+    # -- audit ---------------------------------------------------------------------------
+
+    async def insert_audit(self, entry: AuditEntry) -> None:
+        async with self._connection() as con:
+            await _audit(con, entry)
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        sql, args = audit_list_sql(query, lambda n: f"${n}", utc)
+        async with self._connection() as con:
+            rows = await con.fetch(sql, *args)
+        return [audit_entry(tuple(row), utc) for row in rows]
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -282,18 +330,45 @@ class PostgresStore:
         group_by: GroupBy = "day",
     ) -> list[dict[str, Any]]:
         check_group_by(group_by)
-        where, args = _where(
-            {
-                "token_hash = {}": key_hash,
-                "model = {}": model,
-                "started_at >= {}": None if start is None else utc(start),
-                "started_at < {}": None if end is None else utc(end),
-            }
+        sql, args = summary_sql(
+            group_by=group_by,
+            raw_group=_RECORD_DAY,
+            daily_day="to_char(day, 'YYYY-MM-DD')",
+            key_hash=key_hash,
+            model=model,
+            start=start,
+            end=end,
+            mark=lambda n: f"${n}",
+            encode_time=utc,
+            encode_day=lambda day: day,
         )
-        sql = summary_sql(_SUMMARY_GROUPS[group_by], where)
         async with self._connection() as con:
             rows = await con.fetch(sql, *args)
         return [summary_row(group_by, tuple(row)) for row in rows]
+
+    async def prune_usage(
+        self, before: datetime, *, batch_size: int = PRUNE_BATCH_DEFAULT, rollup: bool = True
+    ) -> PruneResult:
+        if batch_size < 1:
+            raise ValueError("batch_size: expected at least 1")
+        lock = f"llm-proxy prune {self._schema or ''}"
+        sql = POSTGRES_PRUNE_ROLLUP if rollup else POSTGRES_PRUNE_DELETE
+        deleted = batches = 0
+        async with self._connection() as con:
+            # A session lock across the batches: replicas that find it taken skip this run.
+            if not await con.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock):
+                return PruneResult(skipped=True)
+            while True:
+                async with con.transaction():  # one short transaction per batch
+                    count: int = await con.fetchval(sql, utc(before), batch_size)
+                if count:
+                    deleted += count
+                    batches += 1
+                if count < batch_size:
+                    break
+            # On an error the pool's reset on release (pg_advisory_unlock_all) frees it.
+            await con.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+        return PruneResult(deleted=deleted, batches=batches)
 
     async def key_spend(self, token_hash: str, since: datetime) -> float:
         sql = (
@@ -303,6 +378,11 @@ class PostgresStore:
         async with self._connection() as con:
             total = await con.fetchval(sql, token_hash, utc(since))
         return float(total)
+
+
+async def _audit(con: Connection, entry: AuditEntry | None) -> None:
+    if entry is not None:
+        await con.execute(_AUDIT_INSERT, *audit_values(entry, utc))
 
 
 async def _prepare_connection(con: asyncpg.Connection[asyncpg.Record]) -> None:

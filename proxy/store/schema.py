@@ -146,7 +146,107 @@ _V1_SQLITE: Final = (
     "CREATE INDEX usage_records_time_idx ON usage_records (started_at)",
 )
 
-MIGRATIONS: Final = (Migration(1, "virtual keys and usage records", _V1_POSTGRES, _V1_SQLITE),)
+# Version 2: the admin audit log, and daily usage aggregates that old usage records are
+# rolled up into (proxy/usage/retention.py). usage_daily's key columns use '' for "none",
+# since a primary key cannot hold NULL (PostgreSQL) or would not treat NULLs as equal (SQLite).
+_V2_POSTGRES: Final = (
+    """
+    CREATE TABLE audit_log (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL,
+        actor text NOT NULL,
+        action text NOT NULL,
+        target_hash text,
+        target_alias text,
+        changes jsonb NOT NULL DEFAULT '{}',
+        client_ip text,
+        forwarded_for text,
+        request_id text
+    )""",
+    "CREATE INDEX audit_log_at_idx ON audit_log (at)",
+    "CREATE INDEX audit_log_target_hash_idx ON audit_log (target_hash, id)",
+    "CREATE INDEX audit_log_target_alias_idx ON audit_log (target_alias, id)",
+    """
+    CREATE TABLE usage_daily (
+        day date NOT NULL,
+        token_hash text NOT NULL DEFAULT '',
+        key_alias text,
+        model text NOT NULL,
+        deployment text NOT NULL DEFAULT '',
+        provider text NOT NULL DEFAULT '',
+        requests bigint NOT NULL DEFAULT 0,
+        errors bigint NOT NULL DEFAULT 0,
+        prompt_tokens bigint NOT NULL DEFAULT 0,
+        completion_tokens bigint NOT NULL DEFAULT 0,
+        total_tokens bigint NOT NULL DEFAULT 0,
+        cached_tokens bigint NOT NULL DEFAULT 0,
+        cost_usd numeric(20, 10) NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, token_hash, model, deployment, provider)
+    )""",
+    "CREATE INDEX usage_daily_key_day_idx ON usage_daily (token_hash, day)",
+    "CREATE INDEX usage_daily_model_day_idx ON usage_daily (model, day)",
+)
+
+_V2_SQLITE: Final = (
+    """
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_hash TEXT,
+        target_alias TEXT,
+        changes TEXT NOT NULL DEFAULT '{}',
+        client_ip TEXT,
+        forwarded_for TEXT,
+        request_id TEXT
+    )""",
+    "CREATE INDEX audit_log_at_idx ON audit_log (at)",
+    "CREATE INDEX audit_log_target_hash_idx ON audit_log (target_hash, id)",
+    "CREATE INDEX audit_log_target_alias_idx ON audit_log (target_alias, id)",
+    """
+    CREATE TABLE usage_daily (
+        day TEXT NOT NULL,
+        token_hash TEXT NOT NULL DEFAULT '',
+        key_alias TEXT,
+        model TEXT NOT NULL,
+        deployment TEXT NOT NULL DEFAULT '',
+        provider TEXT NOT NULL DEFAULT '',
+        requests INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, token_hash, model, deployment, provider)
+    )""",
+    "CREATE INDEX usage_daily_key_day_idx ON usage_daily (token_hash, day)",
+    "CREATE INDEX usage_daily_model_day_idx ON usage_daily (model, day)",
+)
+
+# Version 3: the key and model indexes carry the summed columns (INCLUDE), so /usage and
+# the budget check read only the index (an index-only scan) instead of one heap page per
+# matching row; measured on 100M rows in bench/README.md, "/usage at scale". IF NOT EXISTS
+# lets an operator build them beforehand with CREATE INDEX CONCURRENTLY (this migration
+# runs in a transaction, which blocks usage writes while it builds). SQLite: unchanged
+# (its deployments are small; nothing was measured there).
+_V3_POSTGRES: Final = (
+    """CREATE INDEX IF NOT EXISTS usage_records_key_time_cover_idx
+       ON usage_records (token_hash, started_at)
+       INCLUDE (model, prompt_tokens, completion_tokens, total_tokens, cost_usd)""",
+    "DROP INDEX IF EXISTS usage_records_key_time_idx",
+    """CREATE INDEX IF NOT EXISTS usage_records_model_time_cover_idx
+       ON usage_records (model, started_at)
+       INCLUDE (prompt_tokens, completion_tokens, total_tokens, cost_usd)""",
+    "DROP INDEX IF EXISTS usage_records_model_time_idx",
+)
+
+MIGRATIONS: Final = (
+    Migration(1, "virtual keys and usage records", _V1_POSTGRES, _V1_SQLITE),
+    Migration(2, "audit log and daily usage roll-ups", _V2_POSTGRES, _V2_SQLITE),
+    Migration(3, "usage indexes that cover the summaries", _V3_POSTGRES, ()),
+)
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
 # The per-connection staging table for usage batches (PostgreSQL COPY target; SQLite bulk

@@ -24,17 +24,33 @@ import aiosqlite
 import msgspec
 
 from proxy.errors import ProxyError
+from proxy.store.audit import (
+    AUDIT_COLUMNS,
+    AuditEntry,
+    AuditQuery,
+    audit_entry,
+    audit_list_sql,
+    audit_values,
+)
 from proxy.store.base import (
     GroupBy,
     check_group_by,
     checked_update,
     per_request_unique,
     summary_row,
-    summary_sql,
     utc,
 )
 from proxy.store.errors import DatabaseError, DatabaseUnavailableError, KeyExistsError
 from proxy.store.records import KEY_COLUMNS, USAGE_COLUMNS, KeyRecord, UsageRecord
+from proxy.store.rollup import (
+    PRUNE_BATCH_DEFAULT,
+    SQLITE_PRUNE_DELETE,
+    SQLITE_PRUNE_PICK,
+    SQLITE_PRUNE_ROLLUP,
+    SQLITE_PRUNE_TABLE,
+    PruneResult,
+    summary_sql,
+)
 from proxy.store.schema import MIGRATIONS, SQLITE_LEDGER, SQLITE_STAGING
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -55,11 +71,10 @@ _TRANSIENT = frozenset(
 )
 _UNIQUE = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
 
-_SUMMARY_GROUPS: dict[str, str] = {
-    "day": "substr(started_at, 1, 10)",
-    "model": "model",
-    "key": "token_hash, max(key_alias)",
-}
+_AUDIT_INSERT = (
+    f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})"
+)
 
 _json_encode = msgspec.json.Encoder().encode
 
@@ -162,14 +177,15 @@ class SqliteStore:
 
     # -- keys ----------------------------------------------------------------------------
 
-    async def insert_key(self, rec: KeyRecord) -> KeyRecord:
+    async def insert_key(self, rec: KeyRecord, *, audit: AuditEntry | None = None) -> KeyRecord:
         now = datetime.now(UTC)
         rec = msgspec.structs.replace(rec, created_at=rec.created_at or now, updated_at=now)
         values = [_encode(getattr(rec, name)) for name in KEY_COLUMNS]
         marks = ", ".join("?" * len(values))
         sql = f"INSERT INTO virtual_keys ({_KEY_SELECT}) VALUES ({marks}) RETURNING {_KEY_SELECT}"
-        async with self._connection() as db:
+        async with self._transaction() as db:
             rows = await _unique_checked(db.execute_fetchall(sql, values), "hash or alias")
+            await _audit(db, audit)
         return _key_record(next(iter(rows)))
 
     async def get_key(self, token_hash: str) -> KeyRecord | None:
@@ -178,19 +194,27 @@ class SqliteStore:
             rows = await db.execute_fetchall(sql, (token_hash,))
         return _first_key(rows)
 
-    async def update_key(self, token_hash: str, **fields: Any) -> KeyRecord | None:
+    async def update_key(
+        self, token_hash: str, *, audit: AuditEntry | None = None, **fields: Any
+    ) -> KeyRecord | None:
         fields = checked_update(fields)
         sets = ", ".join(f"{name} = ?" for name in fields)
         sql = f"UPDATE virtual_keys SET {sets} WHERE token_hash = ? RETURNING {_KEY_SELECT}"
         values = [_encode(value) for value in fields.values()]
-        async with self._connection() as db:
+        async with self._transaction() as db:
             rows = await _unique_checked(db.execute_fetchall(sql, [*values, token_hash]), "alias")
-        return _first_key(rows)
+            record = _first_key(rows)
+            if record is not None:
+                await _audit(db, audit)
+        return record
 
-    async def delete_key(self, token_hash: str) -> bool:
+    async def delete_key(self, token_hash: str, *, audit: AuditEntry | None = None) -> bool:
         sql = "DELETE FROM virtual_keys WHERE token_hash = ? RETURNING 1"
-        async with self._connection() as db:
-            return bool(list(await db.execute_fetchall(sql, (token_hash,))))
+        async with self._transaction() as db:
+            deleted = bool(list(await db.execute_fetchall(sql, (token_hash,))))
+            if deleted:
+                await _audit(db, audit)
+        return deleted
 
     async def list_keys(
         self,
@@ -210,16 +234,31 @@ class SqliteStore:
         return [_key_record(row) for row in rows]
 
     async def replace_key_hash(
-        self, old: str, new: str, *, key_name: str | None = None
+        self, old: str, new: str, *, key_name: str | None = None, audit: AuditEntry | None = None
     ) -> KeyRecord | None:
         sql = (
             "UPDATE virtual_keys SET token_hash = ?, key_name = coalesce(?, key_name),"
             f" updated_at = ? WHERE token_hash = ? RETURNING {_KEY_SELECT}"
         )
         args = (new, key_name, _encode(datetime.now(UTC)), old)
-        async with self._connection() as db:
+        async with self._transaction() as db:
             rows = await _unique_checked(db.execute_fetchall(sql, args), "hash")
-        return _first_key(rows)
+            record = _first_key(rows)
+            if record is not None:
+                await _audit(db, audit)
+        return record
+
+    # -- audit ---------------------------------------------------------------------------
+
+    async def insert_audit(self, entry: AuditEntry) -> None:
+        async with self._transaction() as db:
+            await _audit(db, entry)
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        sql, args = audit_list_sql(query, lambda _n: "?", _encode)
+        async with self._connection() as db:
+            rows = await db.execute_fetchall(sql, args)
+        return [audit_entry(tuple(row), _decode_time) for row in rows]
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -267,18 +306,44 @@ class SqliteStore:
         group_by: GroupBy = "day",
     ) -> list[dict[str, Any]]:
         check_group_by(group_by)
-        where, args = _where(
-            {
-                "token_hash = ?": key_hash,
-                "model = ?": model,
-                "started_at >= ?": None if start is None else _encode(start),
-                "started_at < ?": None if end is None else _encode(end),
-            }
+        sql, args = summary_sql(
+            group_by=group_by,
+            raw_group="substr(started_at, 1, 10)",
+            daily_day="day",
+            key_hash=key_hash,
+            model=model,
+            start=start,
+            end=end,
+            mark=lambda _n: "?",
+            encode_time=_encode,
+            encode_day=lambda day: day.isoformat(),
         )
-        sql = summary_sql(_SUMMARY_GROUPS[group_by], where)
         async with self._connection() as db:
             rows = await db.execute_fetchall(sql, args)
         return [summary_row(group_by, tuple(row)) for row in rows]
+
+    async def prune_usage(
+        self, before: datetime, *, batch_size: int = PRUNE_BATCH_DEFAULT, rollup: bool = True
+    ) -> PruneResult:
+        if batch_size < 1:
+            raise ValueError("batch_size: expected at least 1")
+        cutoff = _encode(before)
+        deleted = batches = 0
+        while True:
+            # One batch per write transaction: other writers get the lock in between.
+            async with self._transaction() as db:
+                await db.execute(SQLITE_PRUNE_TABLE)
+                await db.execute("DELETE FROM temp.prune_batch")
+                await db.execute(SQLITE_PRUNE_PICK, (cutoff, batch_size))
+                if rollup:
+                    await db.execute(SQLITE_PRUNE_ROLLUP)
+                count = (await db.execute(SQLITE_PRUNE_DELETE)).rowcount
+                await db.execute("DELETE FROM temp.prune_batch")
+            if count:
+                deleted += count
+                batches += 1
+            if count < batch_size:
+                return PruneResult(deleted=deleted, batches=batches)
 
     async def key_spend(self, token_hash: str, since: datetime) -> float:
         sql = (
@@ -340,6 +405,15 @@ def _encode(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+async def _audit(db: aiosqlite.Connection, entry: AuditEntry | None) -> None:
+    if entry is not None:
+        await db.execute(_AUDIT_INSERT, audit_values(entry, _encode))
+
+
+def _decode_time(value: str) -> datetime:
+    return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def _first_key(rows: Iterable[sqlite3.Row]) -> KeyRecord | None:
