@@ -202,20 +202,68 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for_model(model))
 
 
-def _count(encoding: tiktoken.Encoding, text: str) -> int:
+def _count_once(encoding: tiktoken.Encoding, text: str) -> int:
     # encode_ordinary treats "<|endoftext|>" etc. as plain text, which is what a
     # client sending those characters is billed for, and it never raises.
     return len(encoding.encode_ordinary(text)) if text else 0
 
 
+class _Counts:
+    """Token counts of prompt texts seen lately, per encoding.
+
+    Prompts repeat: every request of an application carries the same system prompt and
+    tools, and every turn of a conversation resends the turns before it. Hashing a text
+    (to find it here) is ~100x cheaper than tokenising it. Bounded by the characters held;
+    when full, the oldest half goes (insertion order).
+    """
+
+    __slots__ = ("chars", "counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.counts: dict[str, int] = {}
+        self.chars = 0
+        self.limit = limit
+
+    def count(self, encoding: tiktoken.Encoding, text: str) -> int:
+        found = self.counts.get(text)
+        if found is not None:
+            return found
+        found = _count_once(encoding, text)
+        if len(text) <= self.limit // 8:
+            if self.chars + len(text) > self.limit:
+                self._shrink()
+            self.counts[text] = found
+            self.chars += len(text)
+        return found
+
+    def _shrink(self) -> None:
+        for text in list(self.counts)[: len(self.counts) // 2 + 1]:
+            del self.counts[text]
+            self.chars -= len(text)
+
+
+MEMO_CHARS: Final = 4_000_000  # per encoding and worker: a few MB of prompt text
+_memos: dict[str, _Counts] = {}
+
+
+def _count(encoding: tiktoken.Encoding, text: str) -> int:
+    """A prompt text's tokens, remembered (``_Counts``); completions use ``_count_once``."""
+    if not text:
+        return 0
+    memo = _memos.get(encoding.name)
+    if memo is None:
+        memo = _memos[encoding.name] = _Counts(MEMO_CHARS)
+    return memo.count(encoding, text)
+
+
 def count_text_tokens(text: str, model: str) -> int:
     """Count the tokens of ``text`` for ``model``; special-token text counts as plain text."""
-    return _count(encoding_for_model(model), text)
+    return _count_once(encoding_for_model(model), text)
 
 
 def count_completion_tokens(text: str, model: str) -> int:
     """Count generated tokens, for streams whose upstream reports no usage."""
-    return _count(encoding_for_model(model), text)
+    return _count_once(encoding_for_model(model), text)  # unique text: not worth remembering
 
 
 def _count_input(encoding: tiktoken.Encoding, value: object, depth: int = 0) -> int:

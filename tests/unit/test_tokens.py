@@ -461,3 +461,24 @@ def test_preload_builds_only_what_the_models_use() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "['o200k_base']"
+
+
+def test_remembered_prompt_counts_match_and_stay_bounded() -> None:
+    """Remembering prompt texts' counts changes no count and holds at most its budget."""
+    encoding = tokens.encoding_for_model("gpt-4o")
+    memo = tokens._Counts(limit=400)
+    texts = [f"message number {i}: " + "word " * (i % 7) for i in range(200)]
+    for text in texts + texts:
+        assert memo.count(encoding, text) == len(encoding.encode_ordinary(text))
+        assert memo.chars <= memo.limit
+        assert memo.chars == sum(len(t) for t in memo.counts)
+    assert memo.count(encoding, "x" * 51) == len(encoding.encode_ordinary("x" * 51))
+    assert "x" * 51 not in memo.counts  # longer than limit // 8: counted, not kept
+
+
+def test_completions_are_not_remembered() -> None:
+    """Generated text is unique: counting it must not fill the prompt memo."""
+    unique = "a completion nobody will send again " + "zq" * 13
+    before = sum(len(m.counts) for m in tokens._memos.values())
+    assert tokens.count_completion_tokens(unique, "gpt-4o") > 0
+    assert sum(len(m.counts) for m in tokens._memos.values()) == before
