@@ -8,6 +8,8 @@
 --   BENCH_CHECK   1 = read every response: count non-2xx and bodies without the marker
 --                 (and, streamed, without "data: [DONE]"); costs wrk some CPU
 --   BENCH_MARKER  word the upstream's reply contains (default FASTUPSTREAM)
+--   BENCH_VARY    0 = send the same body every time; default: the user message ends with
+--                 a per-request number, as real traffic differs (the system prompt does not)
 --
 -- done() prints one JSON line starting with {"bench":"chat" for bench/run.py to parse.
 
@@ -33,17 +35,17 @@ local check = os.getenv("BENCH_CHECK") == "1"
 local marker = os.getenv("BENCH_MARKER") or "FASTUPSTREAM"
 
 -- Shaped like what the official SDK sends: ~300 bytes, system + user message.
-local body = '{"model": "' .. model .. '", "messages": ['
+local head = '{"model": "' .. model .. '", "messages": ['
   .. '{"role": "system", "content": "You are a concise assistant. Answer in one short paragraph."}, '
   .. '{"role": "user", "content": "Summarise the trade-offs between pooling HTTP connections '
-  .. 'and opening a new connection for every request."}], '
-  .. '"max_tokens": 128, "temperature": 0.2'
+  .. 'and opening a new connection for every request'
+local tail = '."}], "max_tokens": 128, "temperature": 0.2'
 if stream then
-  body = body .. ', "stream": true, "stream_options": {"include_usage": true}'
+  tail = tail .. ', "stream": true, "stream_options": {"include_usage": true}'
 end
-body = body .. "}"
+tail = tail .. "}"
+local body = head .. tail
 
--- A static request (no request() function) lets wrk build the bytes once.
 wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
@@ -56,6 +58,15 @@ bad_body = 0
 checked = 0
 
 local threads = {}
+
+if os.getenv("BENCH_VARY") ~= "0" then
+  -- wrk builds each request (on the client's core): the user message differs every time.
+  local counter = 0
+  function request()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, head .. " (request " .. counter .. ")" .. tail)
+  end
+end
 
 function setup(thread)
   table.insert(threads, thread)
