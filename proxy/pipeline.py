@@ -278,7 +278,7 @@ class Pipeline:
     def _note(self, entry: Entry, deployment: Deployment) -> None:
         entry.deployment = deployment.id
         entry.provider = deployment.provider
-        entry.model = deployment.params.upstream_model
+        entry.model = deployment.upstream_model
         entry.price = deployment.price
         entry.deployment_limits = self._ledger.deployment_limits(deployment)
 
@@ -510,7 +510,7 @@ class Pipeline:
                 body = step.upstream_body
             elif b'"cache"' in body:
                 body = strip_cache_field(body)  # LiteLLM's per-request controls stay here
-            upstream_model = deployment.params.upstream_model
+            upstream_model = deployment.upstream_model
             await self._ledger.admit(
                 entry,
                 prompt_tokens=lambda: count_usage(view, upstream_model, None).prompt_tokens,
@@ -535,7 +535,7 @@ class Pipeline:
             except ProxyError as exc:
                 exchange, _ = await self._with_fallbacks(entry, exc, build, stream, requested)
             deployment = exchange.deployment
-            upstream_model = deployment.params.upstream_model
+            upstream_model = deployment.upstream_model
             reply_headers = {**_dropped_header(exchange.request.dropped), **entry.headers()}
             if step is not None:
                 reply_headers["x-cache"] = "MISS"
@@ -720,7 +720,7 @@ class Pipeline:
             stream = bool(request.stream)
             affinity = affinity_key(body) if self._router.sticky(request.model) else None
             deployment = self._route(entry, affinity=affinity, stream=stream)
-            upstream_model = deployment.params.upstream_model
+            upstream_model = deployment.upstream_model
             await self._ledger.admit(
                 entry,
                 prompt_tokens=lambda: _count_messages(body, upstream_model, None).prompt_tokens,
@@ -729,7 +729,7 @@ class Pipeline:
             )
 
             def build(dep: Deployment) -> tuple[UpstreamRequest, StreamTranslator]:
-                name = dep.params.upstream_model
+                name = dep.upstream_model
                 translator: StreamTranslator
                 if dep.provider == "anthropic":
                     upstream_body = anthropic_native.rename_model(body, request.model, name)
@@ -747,7 +747,7 @@ class Pipeline:
             except ProxyError as exc:
                 exchange, translator = await self._with_fallbacks(entry, exc, build, stream, ())
             deployment = exchange.deployment
-            upstream_model = deployment.params.upstream_model
+            upstream_model = deployment.upstream_model
             native = deployment.provider == "anthropic"
             if stream:
                 relay = self._relay(

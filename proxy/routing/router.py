@@ -49,10 +49,9 @@ class Deployment:
     urls: Mapping[Operation, str]
     weight: float
     price: Price | None  # the deployment's own price, overriding the bundled table
-
-    @property
-    def provider(self) -> str:
-        return self.params.provider
+    # params.provider / params.upstream_model, split from params.model once, not per request
+    provider: str
+    upstream_model: str
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> Deployment:
@@ -68,6 +67,8 @@ class Deployment:
             urls={op: adapter.url(op, params) for op in Operation},
             weight=weight,
             price=_price(params),
+            provider=params.provider,
+            upstream_model=params.upstream_model,
         )
 
 
