@@ -13,7 +13,9 @@ import sys
 import msgspec
 
 from proxy.audit import cli_actor
+from proxy.errors import ProxyError
 from proxy.keys import KeyCache, KeyService
+from proxy.secrets import SecretError, read_secret
 from proxy.settings import Settings
 from proxy.store import DatabaseError, DatabaseUnavailableError, Store, open_store
 from proxy.usage.retention import UsagePruner
@@ -47,7 +49,18 @@ async def migrate(settings: Settings) -> int:
 def add_key_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="key_command", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown once)")
-    create.add_argument("--key", help="use this key instead of a generated one")
+    # A key given as --key VALUE is on the command line, which other users of the machine
+    # can read (ps, /proc): --key-file or --key - keep it off.
+    chosen = create.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--key",
+        metavar="KEY|-",
+        help="use this key instead of a generated one; '-' reads it from stdin "
+        "(a literal KEY is visible to other users in ps: prefer --key-file or --key -)",
+    )
+    chosen.add_argument(
+        "--key-file", metavar="PATH", help="use the key in this file (one trailing newline dropped)"
+    )
     create.add_argument("--alias", dest="key_alias")
     create.add_argument("--models", nargs="*", default=[], help="allowed model aliases")
     create.add_argument("--max-budget", type=float)
@@ -65,7 +78,30 @@ def add_key_commands(parser: argparse.ArgumentParser) -> None:
     delete.add_argument("keys", nargs="+", help="keys or their hashes")
 
 
+def _chosen_key(args: argparse.Namespace) -> str | None:
+    """The key ``keys create`` was given: from --key-file, stdin (--key -) or --key itself."""
+    if args.key_file is not None:
+        return read_secret(args.key_file, "--key-file")
+    if args.key == "-":
+        text = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+        if not text.strip():
+            raise SecretError("--key -: no key on stdin")
+        return text
+    if args.key is not None:
+        sys.stderr.write(
+            "llm-proxy: warning: --key puts the key on the command line, where other users "
+            "can see it (ps); use --key-file PATH or --key - (stdin) instead\n"
+        )
+    return str(args.key) if args.key is not None else None
+
+
 async def run_key_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.key_command == "create":
+        try:
+            args.key = _chosen_key(args)
+        except SecretError as exc:
+            sys.stderr.write(f"llm-proxy: {exc}\n")
+            return 2
     try:
         async with _store(settings) as store:
             await store.migrate()
@@ -85,7 +121,11 @@ async def _key_command(service: KeyService, args: argparse.Namespace) -> int:
             if getattr(args, name, None) is not None
         }
         request = msgspec.convert(fields, GenerateKeyRequest)
-        raw, record = await service.generate(request, by=cli_actor())
+        try:
+            raw, record = await service.generate(request, by=cli_actor())
+        except ProxyError as exc:  # e.g. a chosen key that is too short or already exists
+            sys.stderr.write(f"llm-proxy: {exc.message}\n")
+            return 2
         _print({"key": raw, "token": record.token_hash, "key_alias": record.key_alias})
     elif args.key_command == "list":
         offset = 0

@@ -9,8 +9,11 @@ A value that changed is handed to ``Rotation``, which applies it to the live obj
 * the master key: ``MasterKeys.rotate`` (the old key stays for ``master_key_grace_seconds``);
   a listed previous key is replaced in place, keeping its expiry;
 * the database URL: the Postgres pool opens new connections with it (open ones stay);
-* Redis URLs: handed to every Redis client that offers ``set_redis_url``; one that does not
-  keeps its connection settings until a restart (its open connection stays authenticated).
+* Redis URLs (``REDIS_URL`` for the limiter, key events and shared cooldowns; the cache's
+  own): checked first (scheme, TLS files), then handed to every client's ``set_redis_url``.
+  Calls under way finish on the old connection; later ones connect with the new details,
+  and subscriptions move over (proxy/limits/resp.py, proxy/redis_handle.py). A holder
+  without ``set_redis_url`` keeps its settings until a restart, and a warning says so.
 
 One log line per rotated secret names it (and its file), never the value. A file that cannot
 be read keeps the current value and logs a warning (once per change of the file).
@@ -164,6 +167,8 @@ class Rotation:
         redis_tls = self._settings.redis_tls
         if redis_tls is not None:
             value = tls.with_redis_tls(value, **msgspec.structs.asdict(redis_tls))
+        # A bad URL or TLS file fails here, before any client has switched (all or none).
+        tls.check_redis_url(value)
         ctx = self._ctx
         holders: Sequence[object | None] = (
             (ctx.limiter, ctx.events, ctx.cooldowns)

@@ -9,6 +9,10 @@ background PING answers.
 
 redis-py's errors stay here: everything it raises is a bypass. Its own retries are off, as a
 retry would multiply the time a dead Redis costs.
+
+``set_redis_url`` (secret rotation) switches to a client with the new URL for the next
+operation; operations under way finish on the old one, closed once they are past their
+deadline (proxy/redis_handle.py).
 """
 
 from __future__ import annotations
@@ -19,14 +23,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeVar
 
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.cache.breaker import CircuitBreaker
 from proxy.cache.entry import CachedEntry, CorruptEntryError, decode_entry, encode_entry
-from proxy.tls import redis_from_url
+from proxy.redis_handle import RedisHandle
 
 DEFAULT_KEY_PREFIX: Final = "llm-proxy:cache:"
 DEFAULT_TIMEOUT: Final = 0.05
@@ -54,8 +57,10 @@ class RedisCache:
         self.observe: Callable[[float, bool], None] | None = None
         self.corrupt = 0  # values that were not entries: read as misses
         self._timeout = timeout
-        self._client: Redis = redis_from_url(
+        # Every operation reads ``_redis.client`` when it starts: a rotated URL applies next.
+        self._redis = RedisHandle(
             url,
+            grace=2 * timeout,  # past every operation's deadline (``timeout``)
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
@@ -67,8 +72,12 @@ class RedisCache:
             retry_interval=retry_interval,
         )
 
+    def set_redis_url(self, url: str) -> None:
+        """Connect with ``url`` from the next operation on; ValueError if it is unusable."""
+        self._redis.replace(url)
+
     async def get(self, key: str) -> CachedEntry | None:
-        found = await self._call(lambda: self._client.get(self.key_prefix + key))
+        found = await self._call(lambda: self._redis.client.get(self.key_prefix + key))
         return self._decode(found)
 
     async def set(self, key: str, entry: CachedEntry, ttl: float) -> None:
@@ -76,13 +85,13 @@ class RedisCache:
             self.bypasses += 1
             return
         value = encode_entry(entry, compress_above=self.compress_above)
-        await self._call(lambda: self._client.set(self.key_prefix + key, value, px=_ms(ttl)))
+        await self._call(lambda: self._redis.client.set(self.key_prefix + key, value, px=_ms(ttl)))
 
     async def get_many(self, keys: Sequence[str]) -> list[CachedEntry | None]:
         if not keys:
             return []
         names = [self.key_prefix + key for key in keys]
-        found = await self._call(lambda: self._client.mget(names))
+        found = await self._call(lambda: self._redis.client.mget(names))
         if found is None:
             return [None] * len(keys)
         return [self._decode(value) for value in found]
@@ -93,7 +102,7 @@ class RedisCache:
         if not self.breaker.allow():
             self.bypasses += 1
             return
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._redis.client.pipeline(transaction=False)
         for key, entry in items:
             value = encode_entry(entry, compress_above=self.compress_above)
             pipe.set(self.key_prefix + key, value, px=_ms(ttl))
@@ -101,7 +110,7 @@ class RedisCache:
 
     async def aclose(self) -> None:
         await self.breaker.aclose()
-        await self._client.aclose()
+        await self._redis.aclose()
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
         """``operation()`` within the deadline; None if the breaker is open or it fails."""
@@ -125,7 +134,7 @@ class RedisCache:
 
     async def _ping(self) -> None:
         async with asyncio.timeout(self._timeout):
-            await self._client.ping()
+            await self._redis.client.ping()
 
     def _decode(self, value: object) -> CachedEntry | None:
         if not isinstance(value, bytes):

@@ -6,6 +6,13 @@ disconnected are lost: after each reconnection ``on_resync`` tells it to drop ev
 The subscriber reconnects in the background for as long as it runs (Redis restarts, network
 cuts) and pings an idle connection to notice a silent one. ``LocalKeyEvents`` is the
 in-process variant for a single process without Redis.
+
+``set_redis_url`` (secret rotation): publishes from then on use a client with the new URL,
+and a second subscription is made through it while the first still listens. Once it is in
+place the first one unsubscribes, delivering what Redis sent it before, and ends: no message
+is missed while either credential works (one may arrive twice, which is harmless: dropping
+a key is idempotent). Had the first subscription lapsed by then, subscribers are told to
+resync, as after any reconnection.
 """
 
 from __future__ import annotations
@@ -16,13 +23,12 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.tls import redis_from_url
+from proxy.redis_handle import RedisHandle
 
 log = logging.getLogger("llm_proxy")
 
@@ -98,18 +104,23 @@ class KeyEvents:
         self._retry_interval = retry_interval
         self._idle_ping = idle_ping_interval
         # No socket timeout: a subscriber waits for messages; silence is checked by pings.
-        self._client: Redis = redis_from_url(
-            redis_url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        self._redis = RedisHandle(
+            redis_url,
+            grace=2 * timeout,  # past a publish's deadline
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
         self._subscribers = _Subscribers()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the newest subscription's
+        self._runs: set[asyncio.Task[None]] = set()  # it and any it is taking over from
+        self._listening: dict[asyncio.Task[None] | None, PubSub] = {}  # run -> subscription
         self.subscribed = False
 
     async def publish(self, token_hash: str) -> bool:
         """Announce that a key changed; False when Redis could not be told (caches expire)."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self._client.publish(self.channel, token_hash)
+                await self._redis.client.publish(self.channel, token_hash)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("key event not published: %s: %s", type(exc).__name__, exc)
             return False
@@ -118,37 +129,84 @@ class KeyEvents:
     def subscribe(self, callback: OnKey, *, on_resync: OnResync | None = None) -> None:
         self._subscribers.add(callback, on_resync)
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="limits-key-events"
-            )
+            self._start()
+
+    def set_redis_url(self, url: str) -> None:
+        """Publish and subscribe with ``url`` from now on; ValueError if it is unusable."""
+        self._redis.replace(url)
+        if self._task is not None:
+            self._start()  # takes over from the current subscription once subscribed
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._client.aclose()
+        runs = list(self._runs)
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        self._task = None
+        await self._redis.aclose()
+
+    def _start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(), name="limits-key-events")
+        self._task = task
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def _take_over(self) -> bool:
+        """Stop the subscriptions this one replaces; True if messages may have been missed."""
+        me = asyncio.current_task()
+        if me is not self._task:
+            return False  # replaced itself: the newer one will stop it
+        others = [task for task in self._runs if task is not me]
+        if not others:
+            return False
+        lapsed = not self.subscribed  # the old subscription was down: messages may be lost
+        for task in others:
+            if not await self._unsubscribe(self._listening.get(task)):
+                task.cancel()
+        _, stuck = await asyncio.wait(others, timeout=self._timeout)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        return lapsed or bool(stuck)
+
+    async def _unsubscribe(self, pubsub: PubSub | None) -> bool:
+        """Ask an old subscription to end; Redis confirms after the messages it sent it
+        before, which its run delivers first (_listen). False if it cannot be asked."""
+        if pubsub is None:
+            return False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await pubsub.unsubscribe()
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return True
 
     async def _run(self) -> None:
+        me = asyncio.current_task()
         missed = False
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.client.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self._timeout):
                     await pubsub.subscribe(self.channel)
+                missed |= await self._take_over()
                 self.subscribed = True
                 if missed:
                     self._subscribers.resync()
+                self._listening[me] = pubsub
                 await self._listen(pubsub)
+                return  # unsubscribed: a newer subscription took over
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.subscribed:  # log the loss once, not every failed reconnection
                     log.warning("key events: %s: %s; reconnecting", type(exc).__name__, exc)
             finally:
+                self._listening.pop(me, None)
                 self.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
             missed = True
+            if _cancel_was_swallowed():
+                return
             await asyncio.sleep(self._retry_interval)
 
     async def _listen(self, pubsub: PubSub) -> None:
@@ -156,6 +214,10 @@ class KeyEvents:
         while True:
             message = await pubsub.get_message(timeout=self._idle_ping)
             if message is None:
+                if _cancel_was_swallowed():
+                    raise asyncio.CancelledError
+                if not pubsub.subscribed:
+                    return  # the unsubscribe a newer subscription asked for (_take_over)
                 if waiting_for_pong:
                     raise TimeoutError("no answer to a ping on the key events connection")
                 await pubsub.ping()
@@ -165,3 +227,10 @@ class KeyEvents:
             if message["type"] == "message":
                 data = message["data"]
                 self._subscribers.key(data.decode() if isinstance(data, bytes) else str(data))
+
+
+def _cancel_was_swallowed() -> bool:
+    """A cancel that arrived as a read timed out (Python 3.11's ``asyncio.timeout``) can
+    come back as a timeout; without this check the loop would outlive ``aclose``."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

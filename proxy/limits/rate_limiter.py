@@ -77,6 +77,11 @@ class RateLimiter:
         self._committed: dict[str, tuple[int, int]] = {}  # subject -> (budget window, nano-USD)
         self._pending: deque[tuple[Admission, int, int]] = deque(maxlen=_MAX_PENDING)
 
+    def set_redis_url(self, url: str) -> None:
+        """New connection details (secret rotation): calls under way finish on the old
+        connection, later ones open a new one. ValueError for an unusable URL."""
+        self._client.set_redis_url(url)
+
     def observe_calls(self, observe: Callable[[float, bool], None]) -> None:
         """Have every Redis call's time and outcome reported (the dependency metrics)."""
         self._client.observe = observe

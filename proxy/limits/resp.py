@@ -11,6 +11,12 @@ with ``RespUnavailableError`` and is replaced on the next call.
 
 ``rediss://`` URLs get TLS with the options in the URL query (CA file, client certificate,
 hostname check; proxy/tls.py), set up once per client: the per-call path is the same.
+
+``set_redis_url`` (secret rotation) takes new connection details for the NEXT connection.
+The open one is retired, not cut: it takes no new calls and closes once the replies it owes
+have arrived (or fails as any connection would), so no accepted call is dropped. A
+connection still being made with the old details is not handed out: its callers wait for
+one made with the new details.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import collections
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,6 +44,37 @@ class RespReplyError(Exception):
     """Redis answered with an error reply (e.g. NOSCRIPT, WRONGTYPE)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """Where and as whom to connect: everything a ``redis://`` / ``rediss://`` URL says."""
+
+    host: str
+    port: int
+    ssl: SSLContext | None
+    username: str | None
+    password: str | None
+    db: int
+
+    @classmethod
+    def parse(cls, url: str) -> _Endpoint:
+        """ValueError for anything but a usable Redis URL (its TLS files are loaded here)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"not a redis:// or rediss:// URL (scheme {parts.scheme!r})")
+        path = parts.path.lstrip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"the database in a Redis URL is a number, got {path!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            # rediss://: verified TLS, options in the URL query (proxy/tls.py); made once here.
+            ssl=redis_ssl_context(url),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            db=int(path) if path else 0,
+        )
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, client: RespClient) -> None:
         self._client = client
@@ -43,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiters: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self.closed = False
+        self.retiring = False  # closes once the replies it owes have come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -56,6 +96,8 @@ class _Connection(asyncio.Protocol):
                 self.fail(RespUnavailableError(f"redis: bad reply: {exc}"))
                 return
             if reply is False:
+                if self.retiring and not self.waiters:
+                    self.close()
                 return
             if not self.waiters:
                 self.fail(RespUnavailableError("redis: a reply nobody asked for"))
@@ -71,6 +113,19 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RespUnavailableError(f"redis: connection lost: {exc}"))
 
+    def retire(self) -> None:
+        """Take no new calls; close once every reply owed has arrived."""
+        self.retiring = True
+        if not self.waiters:
+            self.close()
+
+    def close(self) -> None:
+        """Close after writing what is buffered (a retired connection owes nothing)."""
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()  # connection_lost follows and forgets it
+
     def fail(self, exc: Exception) -> None:
         if not self.closed:
             self.closed = True
@@ -85,62 +140,83 @@ class _Connection(asyncio.Protocol):
 
 class RespClient:
     def __init__(self, url: str, *, timeout: float) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"not a redis:// or rediss:// URL: {url!r}")
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        # rediss://: verified TLS, options in the URL query (proxy/tls.py); made once here.
-        self._ssl = redis_ssl_context(url)
-        self._username = unquote(parts.username) if parts.username else None
-        self._password = unquote(parts.password) if parts.password else None
-        path = parts.path.lstrip("/")
-        self._db = int(path) if path else 0
+        self._endpoint = _Endpoint.parse(url)
         self._timeout = timeout
         # Told each call's time and whether it succeeded (the latency metric), when set.
         self.observe: Callable[[float, bool], None] | None = None
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
+        # Every open connection: the current one, one being made, retired ones still owing
+        # replies. The deadline timer watches them all.
+        self._open: set[_Connection] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._scripts: dict[str, bytes] = {}
 
+    def set_redis_url(self, url: str) -> None:
+        """Connect with ``url``'s details from the next connection on (see the docstring).
+
+        ValueError, before anything changes, when ``url`` is not a usable Redis URL.
+        """
+        self._endpoint = _Endpoint.parse(url)
+        conn, self._conn, self._connecting = self._conn, None, None
+        if conn is not None:
+            conn.retire()
+
     def forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
         if self._conn is conn:
             self._conn = None
 
     async def _connection(self) -> _Connection:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return conn
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        try:
-            return await asyncio.shield(self._connecting)
-        finally:
-            if self._connecting is not None and self._connecting.done():
-                self._connecting = None
+        while True:
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                return conn
+            # A connection under way always uses the current details (set_redis_url drops it).
+            endpoint = self._endpoint
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect(endpoint))
+            connecting = self._connecting
+            try:
+                conn = await asyncio.shield(connecting)
+            except RespUnavailableError:
+                if endpoint is self._endpoint:
+                    raise
+                continue  # the old details failed, but new ones came meanwhile: try those
+            finally:
+                if self._connecting is connecting and connecting.done():
+                    self._connecting = None
+            if endpoint is self._endpoint:
+                return conn  # if it was lost meanwhile, the call fails like any other
+            # set_redis_url came while it was being made: it was closed unused; go again.
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, endpoint: _Endpoint) -> _Connection:
         loop = asyncio.get_running_loop()
         conn = _Connection(self)
+        self._open.add(conn)
         try:
             async with asyncio.timeout(self._timeout):
                 await loop.create_connection(
                     lambda: conn,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=endpoint.ssl,
+                    server_hostname=endpoint.host if endpoint.ssl else None,
                 )
-                self._conn = conn
-                if self._password is not None:
-                    auth = (self._username, self._password) if self._username else (self._password,)
-                    await self._send(conn, ("AUTH", *auth))
-                if self._db:
-                    await self._send(conn, ("SELECT", self._db))
-        except (OSError, TimeoutError, RespReplyError) as exc:
+                if endpoint.password is not None:
+                    user = (endpoint.username,) if endpoint.username else ()
+                    await self._send(conn, ("AUTH", *user, endpoint.password))
+                if endpoint.db:
+                    await self._send(conn, ("SELECT", endpoint.db))
+        except (OSError, TimeoutError, RespReplyError, RespUnavailableError) as exc:
             conn.fail(RespUnavailableError(f"redis: cannot connect: {exc!r}"))
-            raise RespUnavailableError(f"redis: cannot connect to {self._host}: {exc!r}") from exc
+            raise RespUnavailableError(
+                f"redis: cannot connect to {endpoint.host}: {exc!r}"
+            ) from exc
+        if endpoint is not self._endpoint:
+            conn.retire()  # details rotated while connecting; nobody has used it
+        else:
+            self._conn = conn
         return conn
 
     def _send(self, conn: _Connection, args: Sequence[Any]) -> asyncio.Future[Any]:
@@ -156,17 +232,20 @@ class RespClient:
         return future
 
     def _check_deadline(self) -> None:
-        """One timer per client: fail the connection when its oldest call is overdue."""
+        """One timer per client: fail each connection whose oldest call is overdue."""
         self._timer = None
-        conn = self._conn
-        if conn is None or not conn.waiters:
-            return
         loop = asyncio.get_running_loop()
-        oldest = conn.waiters[0][0]
-        if loop.time() - oldest >= self._timeout:
-            conn.fail(RespUnavailableError("redis: no reply in time"))
-            return
-        self._timer = loop.call_at(oldest + self._timeout, self._check_deadline)
+        now, next_check = loop.time(), None
+        for conn in list(self._open):
+            if not conn.waiters:
+                continue
+            due = conn.waiters[0][0] + self._timeout
+            if now >= due:
+                conn.fail(RespUnavailableError("redis: no reply in time"))
+            elif next_check is None or due < next_check:
+                next_check = due
+        if next_check is not None:
+            self._timer = loop.call_at(next_check, self._check_deadline)
 
     async def call(self, *args: Any) -> Any:
         conn = await self._connection()
@@ -202,5 +281,5 @@ class RespClient:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._conn is not None:
-            self._conn.fail(RespUnavailableError("redis: client closed"))
+        for conn in list(self._open):
+            conn.fail(RespUnavailableError("redis: client closed"))

@@ -9,6 +9,10 @@ broken (messages sent meanwhile are lost), reads the keys of its deployments bac
 Routing never waits on Redis: ``pick`` reads the local table, and publishing runs in a
 background task. Without Redis each replica keeps its own cooldowns; the outage is logged
 once, and its end once.
+
+``set_redis_url`` (secret rotation): later writes use a client with the new URL, and a new
+subscription through it replaces the old one once it is in place (and has read the keys
+back, so nothing announced in between is missed; proxy/redis_handle.py).
 """
 
 from __future__ import annotations
@@ -19,14 +23,13 @@ import logging
 from types import TracebackType
 
 import msgspec
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from proxy.redis_handle import RedisHandle
 from proxy.routing.router import Router
-from proxy.tls import redis_from_url
 
 log = logging.getLogger("llm_proxy")
 
@@ -60,10 +63,14 @@ class SharedCooldowns:
         self._retry_interval = retry_interval
         self._idle_ping = idle_ping_interval
         # No socket timeout: the subscriber waits for messages; silence is checked by pings.
-        self._client: Redis = redis_from_url(  # rediss:// options apply (proxy/tls.py)
-            redis_url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        self._redis = RedisHandle(  # rediss:// options apply (proxy/tls.py)
+            redis_url,
+            grace=2 * timeout,  # past a write's deadline
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the newest subscription's
+        self._runs: set[asyncio.Task[None]] = set()  # it and any it is taking over from
         self._pending: set[asyncio.Task[None]] = set()
         self._down = False
         self.subscribed = False
@@ -84,9 +91,13 @@ class SharedCooldowns:
         """Load the cooldowns in force, then follow new ones (in a background task)."""
         await self.load()
         self._router.on_cooldown(self._publish_soon)
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="routing-shared-cooldowns"
-        )
+        self._start()
+
+    def set_redis_url(self, url: str) -> None:
+        """Read, write and subscribe with ``url`` from now on; ValueError if it is unusable."""
+        self._redis.replace(url)
+        if self._task is not None:
+            self._start()  # takes over from the current subscription once subscribed
 
     async def drain(self) -> None:
         """Wait for announcements still being sent (each bounded by the timeout)."""
@@ -96,12 +107,12 @@ class SharedCooldowns:
     async def aclose(self) -> None:
         """Send what is pending, stop following, close the connections."""
         await self.drain()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._client.aclose()
+        runs = list(self._runs)
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        self._task = None
+        await self._redis.aclose()
 
     @property
     def healthy(self) -> bool:
@@ -121,7 +132,7 @@ class SharedCooldowns:
     async def _load(self) -> int:
         ids = [d.id for d in self._router.deployments]
         async with asyncio.timeout(self._timeout):
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._redis.client.pipeline(transaction=False)
             for dep in ids:
                 pipe.pttl(self._key_prefix + dep)
             ttls = await pipe.execute()
@@ -136,7 +147,7 @@ class SharedCooldowns:
         ms = max(1, round(seconds * 1000))
         try:
             async with asyncio.timeout(self._timeout):
-                pipe = self._client.pipeline(transaction=False)
+                pipe = self._redis.client.pipeline(transaction=False)
                 pipe.set(self._key_prefix + deployment_id, b"1", px=ms)
                 pipe.publish(self.channel, _encode(_Cooldown(deployment_id, ms)))
                 await pipe.execute()
@@ -170,13 +181,30 @@ class SharedCooldowns:
             self._down = False
             log.info("shared cooldowns: Redis is back; cooldowns are shared again")
 
+    def _start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(), name="routing-shared-cooldowns")
+        self._task = task
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def _take_over(self) -> None:
+        """Stop the subscriptions this one replaces (it has read the keys back since)."""
+        me = asyncio.current_task()
+        if me is not self._task:
+            return  # replaced itself: the newer one will stop it
+        others = [task for task in self._runs if task is not me]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     async def _run(self) -> None:
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.client.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self._timeout):
                     await pubsub.subscribe(self.channel)
                 await self._load()  # what was announced while we were not listening
+                await self._take_over()
                 self.subscribed = True
                 self._back()
                 await self._listen(pubsub)
@@ -186,6 +214,8 @@ class SharedCooldowns:
                 self.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            if _cancel_was_swallowed():
+                return
             await asyncio.sleep(self._retry_interval)
 
     async def _listen(self, pubsub: PubSub) -> None:
@@ -193,6 +223,8 @@ class SharedCooldowns:
         while True:
             message = await pubsub.get_message(timeout=self._idle_ping)
             if message is None:
+                if _cancel_was_swallowed():
+                    raise asyncio.CancelledError
                 if waiting_for_pong:
                     raise TimeoutError("no answer to a ping on the cooldowns connection")
                 await pubsub.ping()
@@ -207,3 +239,10 @@ class SharedCooldowns:
                 log.warning("shared cooldowns: ignored a malformed message on %s", self.channel)
                 continue
             self._router.apply_cooldown(cooldown.deployment, cooldown.ms / 1000)
+
+
+def _cancel_was_swallowed() -> bool:
+    """A cancel that arrived as a read timed out (Python 3.11's ``asyncio.timeout``) can
+    come back as a timeout; without this check the loop would outlive ``aclose``."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

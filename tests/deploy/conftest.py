@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "staging", "production")
 # Components no overlay uses, rendered on top of the base so that they are checked too.
-EXTRA_VARIANTS = {"base+keda": ("components/keda",)}
+EXTRA_VARIANTS = {"base+keda": ("components/keda",), "base+backup": ("components/backup",)}
 
 Manifest = dict[str, Any]
 Render = Callable[[str], list[Manifest]]

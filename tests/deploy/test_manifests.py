@@ -9,6 +9,7 @@ checked here instead.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -61,8 +62,13 @@ READ_BY_PROXY = {
     "LLM_PROXY_SPILL_DIR",
 }
 SOURCES = ("proxy/settings.py", "proxy/server.py", "proxy/__main__.py")
-# Read by the proxy, and optional in the base (SQLite and per-pod limits stand in).
-OPTIONAL_SERVICES = {"DATABASE_URL", "REDIS_URL"}
+# Where the pods mount llm-proxy-secrets; NAME_FILE names the file of key NAME there.
+SECRET_DIR = "/var/run/secrets/llm-proxy"
+# Values for the keys of a Secret whose contents are not in the repository (sealed, synced).
+STAND_INS = {
+    "DATABASE_URL": "postgresql://proxy:pw@postgres:5432/llm_proxy",
+    "REDIS_URL": "redis://proxy:pw@redis:6379/0",
+}
 
 
 def _proxy_container(docs: list[Manifest]) -> Manifest:
@@ -196,18 +202,18 @@ def test_env_names_the_proxy_reads_are_in_its_source() -> None:
 
 @pytest.mark.parametrize("variant", OVERLAYS)
 def test_every_env_var_set_is_read_by_the_proxy(render: Render, variant: str) -> None:
-    """Each variable is read by the proxy or is a provider key its config names."""
+    """Each variable is read by the proxy or is a provider key its config names; secrets
+    are NAME_FILE variables naming the mounted Secret's key NAME, never values."""
     docs = render(variant)
     config_refs = _config_env_refs(_proxy_config(docs))
     for var in _proxy_container(docs)["env"]:
         name = var["name"]
-        ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if name in OPTIONAL_SERVICES:
-            assert ref is not None and ref["optional"] is True, name
-        assert name in READ_BY_PROXY or name in config_refs, name
-        if name.endswith(("_KEY", "_URL")):
-            assert ref is not None, f"{name} must come from a Secret"
-            assert ref["name"].startswith(SECRET), name
+        read_as = name.removesuffix("_FILE")
+        assert read_as in READ_BY_PROXY or read_as in config_refs, name
+        assert not name.endswith(("_KEY", "_URL")), f"{name}: mount it, set {name}_FILE"
+        assert "valueFrom" not in var, f"{name}: a secret in the environment"
+        if name.endswith("_FILE"):
+            assert var["value"] == f"{SECRET_DIR}/{read_as}", name
     assert "envFrom" not in _proxy_container(docs)
 
 
@@ -215,19 +221,38 @@ def test_every_env_var_set_is_read_by_the_proxy(render: Render, variant: str) ->
 def test_the_config_map_loads_and_matches_the_pod(
     render: Render, variant: str, tmp_path: Path
 ) -> None:
-    """The shipped config validates, every key it names is set, workers equal the CPU request."""
+    """With the overlay's Secret laid out as the kubelet mounts it, the shipped config loads
+    with the pod's environment; every secret is file-backed; workers equal the CPU request."""
     docs = render(variant)
-    text = _proxy_config(docs)
     container = _proxy_container(docs)
-    env = {v["name"]: v for v in container["env"]}
-    refs = _config_env_refs(text)
-    assert refs <= set(env), refs - set(env)
+    mounted = tmp_path / "secrets"
+    mounted.mkdir()
+    values = _secret_values(docs)
+    for key, value in values.items():
+        (mounted / key).write_text(value)
+    env = {v["name"]: v["value"].replace(SECRET_DIR, str(mounted)) for v in container["env"]}
     path = tmp_path / "config.yaml"
-    path.write_text(text)
-    settings = load_settings(str(path), {name: f"test-{name}" for name in refs}, warn=print)
-    assert settings.master_key == "test-LLM_PROXY_MASTER_KEY"
-    assert int(env["LLM_PROXY_WORKERS"]["value"]) == settings.server.workers
+    path.write_text(_proxy_config(docs))
+    settings = load_settings(str(path), env, warn=print)
+    assert settings.master_key == values["LLM_PROXY_MASTER_KEY"]
+    assert settings.database.url == values["DATABASE_URL"]
+    assert settings.limits.redis_url == values["REDIS_URL"]
+    rotated = {f.name for f in settings.secret_files}
+    assert rotated == {f"{key}_FILE" for key in values}, "each secret re-read on change"
+    providers = {e.params.model.split("/")[0] for e in settings.model_list}
+    assert ("openai" in providers) == ("OPENAI_API_KEY" in values)
+    assert int(env["LLM_PROXY_WORKERS"]) == settings.server.workers
     assert container["resources"]["requests"]["cpu"] == str(settings.server.workers)
+
+
+def _secret_values(docs: list[Manifest]) -> dict[str, str]:
+    """The keys of the overlay's llm-proxy-secrets: real values where committed (dev)."""
+    secrets = [s for s in objects(docs, "Secret") if s["metadata"]["name"].startswith(SECRET)]
+    if secrets:
+        (secret,) = secrets
+        return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    (maker,) = objects(docs, "SealedSecret") + objects(docs, "ExternalSecret")
+    return {key: STAND_INS.get(key, f"test-{key}") for key in _secret_keys(maker)}
 
 
 @pytest.mark.parametrize("variant", OVERLAYS)
@@ -336,12 +361,12 @@ def test_no_plain_secret_is_committed_outside_dev(render: Render, variant: str) 
     assert not objects(docs, "Secret")
     makers = objects(docs, "SealedSecret") + objects(docs, "ExternalSecret")
     assert len(makers) == 1
-    env_keys = {
-        v["valueFrom"]["secretKeyRef"]["key"]
+    file_keys = {
+        v["value"].removeprefix(SECRET_DIR + "/")
         for v in _proxy_container(docs)["env"]
-        if "secretKeyRef" in v.get("valueFrom", {})
+        if v["name"].endswith("_FILE")
     }
-    assert _secret_keys(makers[0]) == env_keys
+    assert _secret_keys(makers[0]) == file_keys
 
 
 def _secret_keys(maker: Manifest) -> set[str]:
@@ -432,7 +457,8 @@ def test_migration_job_runs_the_cli_safely(render: Render, variant: str) -> None
     assert security["readOnlyRootFilesystem"] is True
     assert pod["restartPolicy"] == "Never"
     env = {e["name"]: e for e in container["env"]}
-    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
+    assert env["DATABASE_URL_FILE"]["value"] == f"{SECRET_DIR}/DATABASE_URL"
+    assert _secret_volume(pod, container) == SECRET
 
 
 def _capacity_figures() -> dict[str, Any]:
@@ -487,3 +513,43 @@ def test_capacity_figures_come_from_a_replica_limited_to_one_core() -> None:
     assert rates == sorted(rates) and len(rates) >= 5
     assert figures["targets"]["requests_per_second"] in rates
     assert all(s["cpu_millicores"] <= 1000 * 1.05 for s in steps)  # taskset: one core
+
+
+def _secret_volume(pod: Manifest, container: Manifest) -> str:
+    """The Secret mounted at SECRET_DIR: read-only, whole (no subPath), group-readable only."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == SECRET_DIR]
+    assert mount.get("readOnly") is True and "subPath" not in mount  # subPath never updates
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+    return str(volume["secret"]["secretName"])
+
+
+@pytest.mark.parametrize("variant", OVERLAYS)
+def test_secrets_are_files_from_the_one_secret(render: Render, variant: str) -> None:
+    """The proxy pods mount llm-proxy-secrets read-only; no container of ours takes it as env."""
+    docs = render(variant)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert _secret_volume(pod, _proxy_container(docs)).startswith(SECRET)
+    for _, spec in _pod_specs(docs):
+        for container in spec["containers"]:
+            assert "envFrom" not in container
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef", {})
+                assert not ref.get("name", "").startswith(SECRET), (container["name"], var)
+
+
+@pytest.mark.parametrize("variant", ["staging", "production"])
+def test_provider_keys_are_mounted_where_the_secret_holds_them(
+    render: Render, variant: str
+) -> None:
+    """The Secret makers bring the provider-keys component: both keys are read from files."""
+    env = {v["name"]: v for v in _proxy_container(render(variant))["env"]}
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        assert env[f"{key}_FILE"]["value"] == f"{SECRET_DIR}/{key}"
+
+
+def test_dev_runs_without_provider_keys(render: Render, tmp_path: Path) -> None:
+    """Dev's Secret has no provider keys, so its pod names none (a missing file would stop it)."""
+    names = {v["name"] for v in _proxy_container(render("dev"))["env"]}
+    assert not names & {"OPENAI_API_KEY_FILE", "ANTHROPIC_API_KEY_FILE"}

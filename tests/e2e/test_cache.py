@@ -243,7 +243,9 @@ def test_unreachable_redis_bypasses_the_cache(fake: FakeUpstream) -> None:
     bypassed = [
         ln
         for ln in text.splitlines()
-        if ln.startswith("llm_proxy_cache_requests_total") and 'result="bypass"' in ln
+        if ln.startswith("llm_proxy_cache_requests_total")
+        and 'result="bypass"' in ln
+        and 'route="chat"' in ln
     ]
     assert bypassed and float(bypassed[0].split()[-1]) >= 1
 
