@@ -159,10 +159,22 @@ def proxy_config(upstream_port: int, extra: Path | None) -> dict[str, Any]:
         # Lists replace rather than merge, so per-deployment settings (e.g. the upstream
         # client) come under their own key and apply to every deployment.
         params = loaded.pop("bench_deployment_params", None) or {}
+        loaded.pop("bench_wrk_env", None)  # for the load generator, see wrk_env_of
         config = deep_merge(config, loaded)
         for entry in config["model_list"]:
             entry["params"] = {**entry["params"], **params}
     return config
+
+
+def wrk_env_of(target: Target) -> dict[str, str]:
+    """Environment for chat.lua from the extra config's ``bench_wrk_env`` (e.g. BENCH_VARY)."""
+    if target.extra_config is None:
+        return {}
+    loaded = yaml.safe_load(target.extra_config.read_text()) or {}
+    env = loaded.get("bench_wrk_env") or {}
+    if not isinstance(env, dict):
+        raise BenchError(f"{target.extra_config}: bench_wrk_env must be a mapping")
+    return {str(k): str(v) for k, v in env.items()}
 
 
 def wait_health(proc: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float) -> float:

@@ -44,6 +44,7 @@ from launch import (
     Target,
     running_proxy,
     start_upstream,
+    wrk_env_of,
 )
 
 LUA = Path(__file__).resolve().parent / "chat.lua"
@@ -57,14 +58,18 @@ def run_wrk(
     opts: argparse.Namespace, port: int, mode: str, *, conc: int, duration: int, rate: float = 0
 ) -> dict[str, Any]:
     """One wrk run pinned to the client core; its result JSON plus its own CPU time."""
-    env = os.environ | {
-        "BENCH_STREAM": "1" if mode == "stream" else "0",
-        "BENCH_RATE": str(rate),
-        "BENCH_CHECK": "1" if rate > 0 else "0",
-        "BENCH_KEY": opts.api_key,
-        "BENCH_MODEL": MODEL,
-        "BENCH_MARKER": MARKER,
-    }
+    env = (
+        os.environ
+        | {
+            "BENCH_STREAM": "1" if mode == "stream" else "0",
+            "BENCH_RATE": str(rate),
+            "BENCH_CHECK": "1" if rate > 0 else "0",
+            "BENCH_KEY": opts.api_key,
+            "BENCH_MODEL": MODEL,
+            "BENCH_MARKER": MARKER,
+        }
+        | getattr(opts, "wrk_env", {})
+    )
     argv = ["taskset", "-c", str(opts.client_core), "wrk", "-t1", f"-c{conc}"]
     argv += [f"-d{duration}s", "--timeout", "10s", "-s", str(LUA)]
     argv.append(f"http://{HOST}:{port}{CHAT_PATH}")
@@ -135,6 +140,7 @@ def measure(
 def measure_target(
     children: Children, opts: argparse.Namespace, target: Target, mode: str, run: Run
 ) -> None:
+    opts.wrk_env = wrk_env_of(target)
     if target.direct:
         measure(opts, opts.upstream_port, mode, None, run)
         return
