@@ -8,7 +8,7 @@ address (and ``x-forwarded-for`` as given) and the request id.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -24,6 +24,8 @@ from proxy.wire.admin import DeleteKeysRequest, GenerateKeyRequest, KeyRef, Upda
 
 _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
+
+DEFAULT_USAGE_WINDOW = timedelta(days=30)  # GET /usage without 'from'
 
 
 def _json(data: Any, request: Request, status: int = 200) -> HTTPResponse:
@@ -139,14 +141,19 @@ async def usage(request: Request) -> HTTPResponse:
             f"'group_by' must be one of {', '.join(GROUP_BY)}.", param="group_by"
         )
     key = request.args.get("key")
+    end = _date_arg(request, "to")
+    # Without 'from', the last 30 days: an unbounded scan of a table with 100M usage records
+    # takes minutes (bench/README.md, "/usage at scale"); 'from' reaches further back.
+    start = _date_arg(request, "from") or (end or datetime.now(UTC)) - DEFAULT_USAGE_WINDOW
     rows = await keys.store.usage_summary(
         key_hash=token_hash_of(key) if key else None,
         model=request.args.get("model"),
-        start=_date_arg(request, "from"),
-        end=_date_arg(request, "to"),
+        start=start,
+        end=end,
         group_by=group_by,
     )
-    return _json({"group_by": group_by, "data": rows}, request)
+    window = {"from": start.isoformat(), "to": end.isoformat() if end else None}
+    return _json({"group_by": group_by, **window, "data": rows}, request)
 
 
 async def audit_log(request: Request) -> HTTPResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -153,6 +154,11 @@ def test_usage_and_spend(proxy: ProxyServer) -> None:
     assert info["spend"] > 0
     by_model = admin(proxy, "GET", "/usage", params={"key": key, "group_by": "model"}).json()
     assert {row["model"] for row in by_model["data"]} == {"gpt-4o-mini", "no-such-model"}
+    # Without 'from' the window is the last 30 days; a window that ends before today is empty.
+    window_start = datetime.fromisoformat(by_model["from"])
+    assert abs((datetime.now(UTC) - window_start) - timedelta(days=30)) < timedelta(minutes=5)
+    past = admin(proxy, "GET", "/usage", params={"key": key, "to": "2020-01-01"}).json()
+    assert past["data"] == [] and past["from"].startswith("2019-12-02")
 
 
 def test_admin_needs_the_master_key(proxy: ProxyServer) -> None:
