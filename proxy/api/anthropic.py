@@ -11,7 +11,7 @@ from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 
-from proxy.api.openai import check_content_type, context_of, request_id, send_result
+from proxy.api.openai import check_content_type, context_of, record_id, request_id, send_result
 from proxy.api.response import Response
 from proxy.errors import ProxyError
 from proxy.providers.anthropic_reverse import openai_error_to_anthropic
@@ -31,7 +31,8 @@ async def messages(request: Request) -> HTTPResponse | None:
     rid = request_id(request)
     try:
         check_content_type(request)
-        result = await context_of(request).pipeline.run_messages(request.body, request.headers, rid)
+        pipeline = context_of(request).pipeline
+        result = await pipeline.run_messages(request.body, request.headers, record_id(request))
     except ProxyError as exc:
         return _error(exc, rid)
     return await send_result(request, result, rid)

@@ -31,9 +31,19 @@ def request_id(request: Request) -> str:
         given = request.headers.get("x-request-id")
         if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
             rid = given
+            request.ctx.record_id = f"{given}.{_ID_PREFIX}{next(_id_counter):012x}"
         else:
-            rid = f"{_ID_PREFIX}{next(_id_counter):012x}"
+            rid = request.ctx.record_id = f"{_ID_PREFIX}{next(_id_counter):012x}"
         request.ctx.request_id = rid
+    return rid
+
+
+def record_id(request: Request) -> str:
+    """This request's own id for its usage record and limiter entries: unique even when a
+    client sends the same ``x-request-id`` twice (a repeated id must not merge two requests'
+    rate-limit slots or drop the second one's usage and spend)."""
+    request_id(request)
+    rid: str = request.ctx.record_id
     return rid
 
 
@@ -53,7 +63,8 @@ def check_content_type(request: Request) -> None:
 async def _forward(request: Request, op: Operation) -> HTTPResponse | None:
     rid = request_id(request)
     check_content_type(request)
-    result = await context_of(request).pipeline.run(op, request.body, request.headers, rid)
+    pipeline = context_of(request).pipeline
+    result = await pipeline.run(op, request.body, request.headers, record_id(request))
     return await send_result(request, result, rid)
 
 

@@ -196,3 +196,23 @@ def test_deployment_rpm_from_config(proxy: ProxyServer) -> None:
     """A deployment's own rpm holds for every caller, the master key included."""
     statuses = [chat(proxy, MASTER_KEY, model="two-rpm").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def test_a_repeated_request_id_is_still_two_requests(proxy: ProxyServer) -> None:
+    """A client sending the same x-request-id twice gets each request counted: the rpm
+    slot, the usage record and the spend are per request, not per id (a reused id once
+    merged them: a limit and budget bypass)."""
+    key = new_key(proxy, rpm_limit=1, key_alias="same-id")
+    same = {"authorization": f"Bearer {key}", "x-request-id": "client-id-7"}
+    body = {"model": "gpt-4o-mini", "messages": USER}
+    first = httpx.post(f"{proxy.base_url}/chat/completions", json=body, headers=same, timeout=10)
+    second = httpx.post(f"{proxy.base_url}/chat/completions", json=body, headers=same, timeout=10)
+    assert first.status_code == 200 and first.headers["x-request-id"] == "client-id-7"
+    assert second.status_code == 429 and second.headers["x-request-id"] == "client-id-7"
+    deadline = time.monotonic() + 10
+    while True:
+        rows = admin(proxy, "GET", "/usage", params={"key": key, "group_by": "key"}).json()["data"]
+        if (rows and rows[0]["requests"] == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows[0]["requests"] == 2  # the 429 too: one record per admitted-or-refused request
