@@ -665,12 +665,17 @@ class Pipeline:
         found = step.embeddings
         if found is None:
             entry = make_entry(answer)
-            self._store(cache.store(step.alias, step.data, step.controls, entry, key=step.key))
+            work = cache.store(step.alias, step.data, step.controls, entry, key=step.key)
+        else:
+            work = cache.store_embeddings(
+                step.alias, step.data, step.controls, answer, found.missing, keys=found.keys
+            )
+        if cache.local:
+            await work  # memory: done at once, no task needed
+        else:
+            self._store(work)  # Redis: off the request path
+        if found is None:
             return answer
-        fresh = cache.store_embeddings(
-            step.alias, step.data, step.controls, answer, found.missing, keys=found.keys
-        )
-        self._store(fresh)
         if len(found.missing) == len(found.keys):
             return answer  # nothing came from the cache
         return merge_embeddings(found.hits, answer, found.missing, model=step.alias)

@@ -104,6 +104,11 @@ class ResponseCache:
         )
 
     @property
+    def local(self) -> bool:
+        """Whether the store is this process's memory: writing to it never waits."""
+        return isinstance(self.backend, MemoryCache)
+
+    @property
     def bypasses(self) -> int:
         """Operations the store could not serve (Redis away): the bypass metric."""
         return self.backend.bypasses
