@@ -31,6 +31,7 @@ from proxy.wire.openai import Usage
 
 log = logging.getLogger("llm_proxy")
 _MONTH_SECONDS = 30 * 86_400  # the limiter's budget windows are fixed lengths
+_MAX_KEY_LIMITS = 100_000  # keys' Limits remembered; past this the memo starts again
 
 
 @dataclass(slots=True)
@@ -105,6 +106,19 @@ class Ledger:
         self._wake = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         self._deployment_limits: dict[str, Limits | None] = {}
+        # token hash -> (the record they were made from, its Limits): a record is the same
+        # object for every request until the key cache replaces it.
+        self._key_limits: dict[str, tuple[KeyRecord, Limits | None]] = {}
+
+    def _limits_of(self, record: KeyRecord) -> Limits | None:
+        made = self._key_limits.get(record.token_hash)
+        if made is not None and made[0] is record:
+            return made[1]
+        if len(self._key_limits) >= _MAX_KEY_LIMITS:
+            self._key_limits.clear()
+        limits = limits_of(record)
+        self._key_limits[record.token_hash] = (record, limits)
+        return limits
 
     def deployment_limits(self, deployment: Deployment) -> Limits | None:
         """The deployment's rpm/tpm from the config, shared by every key that uses it."""
@@ -134,7 +148,7 @@ class Ledger:
         """
         if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
             return  # the common case without keys: nothing to build per request
-        key_limits = limits_of(entry.record) if entry.record is not None else None
+        key_limits = self._limits_of(entry.record) if entry.record is not None else None
         subjects = [
             (subject, limits)
             for subject, limits in (

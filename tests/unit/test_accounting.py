@@ -6,12 +6,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 
 from proxy.accounting import Entry, Ledger
 from proxy.errors import NoDeploymentAvailableError, RateLimitedError
 from proxy.limits import Limits, LocalLimiter
 from proxy.routing import FairQueue
+from proxy.store import KeyRecord
 from proxy.usage.prices import PriceTable
 
 WINDOW = 0.3  # seconds: the limiter's sliding window, short for the test
@@ -60,3 +62,18 @@ async def test_without_a_wait_or_past_the_queue_wait_it_is_a_429() -> None:
         )
     assert too_long.value.status == 429
     assert (too_long.value.retry_after or 0) > 1
+
+
+def test_a_keys_limits_are_made_once_per_record() -> None:
+    """The same cached record reuses its Limits; an updated record (a new object) gets new
+    ones at once (a key update must never keep enforcing the old limits)."""
+    ledger = Ledger(LocalLimiter(), None, PriceTable({}))
+    record = msgspec.convert({"token_hash": "h" * 64, "rpm_limit": 5}, KeyRecord)
+    first = ledger._limits_of(record)
+    assert first is not None and first.rpm_limit == 5
+    assert ledger._limits_of(record) is first
+    updated = msgspec.structs.replace(record, rpm_limit=9)
+    again = ledger._limits_of(updated)
+    assert again is not None and again.rpm_limit == 9
+    unlimited = msgspec.structs.replace(record, rpm_limit=None)
+    assert ledger._limits_of(unlimited) is None
