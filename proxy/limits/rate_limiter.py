@@ -88,8 +88,9 @@ class RateLimiter:
 
     @property
     def degraded(self) -> bool:
-        """True while Redis is considered down and ``failure_policy`` is in force."""
-        return not self._breaker.healthy
+        """True while Redis is considered down and ``failure_policy`` is in force, and until
+        the settles made meanwhile have been replayed (the counters are behind until then)."""
+        return not self._breaker.healthy or bool(self._pending)
 
     @property
     def counters(self) -> RedisCounters:
