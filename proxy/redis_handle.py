@@ -15,9 +15,11 @@ with the old client.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from proxy.tls import redis_from_url
 
@@ -57,3 +59,38 @@ class RedisHandle:
             await asyncio.sleep(self._grace)
         finally:  # on cancellation too (aclose): the old connections must not leak
             await old.aclose()
+
+
+async def messages(
+    pubsub: PubSub, *, idle_ping: float, what: str, until_unsubscribed: bool = False
+) -> AsyncGenerator[Any, None]:
+    """The data of each message published on ``pubsub``'s channels, as it arrives.
+
+    A subscription that goes quiet is pinged every ``idle_ping`` s, and one that does not
+    answer raises TimeoutError (a dead connection can be silent). With
+    ``until_unsubscribed`` it ends once an unsubscribe has been confirmed.
+    """
+    waiting_for_pong = False
+    while True:
+        message = await pubsub.get_message(timeout=idle_ping)
+        if message is None:
+            if cancel_was_swallowed():
+                raise asyncio.CancelledError
+            if until_unsubscribed and not pubsub.subscribed:
+                return
+            if waiting_for_pong:
+                raise TimeoutError(f"no answer to a ping on the {what} connection")
+            await pubsub.ping()
+            waiting_for_pong = True
+            continue
+        waiting_for_pong = False
+        if message["type"] == "message":
+            yield message["data"]
+
+
+def cancel_was_swallowed() -> bool:
+    """A cancel that arrived as a read timed out (Python 3.11's ``asyncio.timeout``) can
+    come back as a timeout; without this check a subscriber's loop would outlive its
+    ``aclose``."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

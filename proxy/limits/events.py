@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.redis_handle import RedisHandle
+from proxy.redis_handle import RedisHandle, cancel_was_swallowed, messages
 
 log = logging.getLogger("llm_proxy")
 
@@ -205,32 +205,15 @@ class KeyEvents:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
             missed = True
-            if _cancel_was_swallowed():
+            if cancel_was_swallowed():
                 return
             await asyncio.sleep(self._retry_interval)
 
     async def _listen(self, pubsub: PubSub) -> None:
-        waiting_for_pong = False
-        while True:
-            message = await pubsub.get_message(timeout=self._idle_ping)
-            if message is None:
-                if _cancel_was_swallowed():
-                    raise asyncio.CancelledError
-                if not pubsub.subscribed:
-                    return  # the unsubscribe a newer subscription asked for (_take_over)
-                if waiting_for_pong:
-                    raise TimeoutError("no answer to a ping on the key events connection")
-                await pubsub.ping()
-                waiting_for_pong = True
-                continue
-            waiting_for_pong = False
-            if message["type"] == "message":
-                data = message["data"]
+        # Ends at the unsubscribe a newer subscription asked for (_take_over).
+        received = messages(
+            pubsub, idle_ping=self._idle_ping, what="key events", until_unsubscribed=True
+        )
+        async with contextlib.aclosing(received):
+            async for data in received:
                 self._subscribers.key(data.decode() if isinstance(data, bytes) else str(data))
-
-
-def _cancel_was_swallowed() -> bool:
-    """A cancel that arrived as a read timed out (Python 3.11's ``asyncio.timeout``) can
-    come back as a timeout; without this check the loop would outlive ``aclose``."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.redis_handle import RedisHandle
+from proxy.redis_handle import RedisHandle, cancel_was_swallowed, messages
 from proxy.routing.router import Router
 
 log = logging.getLogger("llm_proxy")
@@ -214,35 +214,17 @@ class SharedCooldowns:
                 self.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-            if _cancel_was_swallowed():
+            if cancel_was_swallowed():
                 return
             await asyncio.sleep(self._retry_interval)
 
     async def _listen(self, pubsub: PubSub) -> None:
-        waiting_for_pong = False
-        while True:
-            message = await pubsub.get_message(timeout=self._idle_ping)
-            if message is None:
-                if _cancel_was_swallowed():
-                    raise asyncio.CancelledError
-                if waiting_for_pong:
-                    raise TimeoutError("no answer to a ping on the cooldowns connection")
-                await pubsub.ping()
-                waiting_for_pong = True
-                continue
-            waiting_for_pong = False
-            if message["type"] != "message":
-                continue
-            try:
-                cooldown = _decode(message["data"])
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                log.warning("shared cooldowns: ignored a malformed message on %s", self.channel)
-                continue
-            self._router.apply_cooldown(cooldown.deployment, cooldown.ms / 1000)
-
-
-def _cancel_was_swallowed() -> bool:
-    """A cancel that arrived as a read timed out (Python 3.11's ``asyncio.timeout``) can
-    come back as a timeout; without this check the loop would outlive ``aclose``."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+        received = messages(pubsub, idle_ping=self._idle_ping, what="cooldowns")
+        async with contextlib.aclosing(received):
+            async for data in received:
+                try:
+                    cooldown = _decode(data)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("shared cooldowns: ignored a malformed message on %s", self.channel)
+                    continue
+                self._router.apply_cooldown(cooldown.deployment, cooldown.ms / 1000)
