@@ -11,9 +11,6 @@ record goes into the writer's in-memory queue.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -87,6 +84,11 @@ def limits_of(record: KeyRecord) -> Limits | None:
     )
 
 
+def _charges(limits: Limits | None) -> bool:
+    """Whether admitting under ``limits`` needs the token and cost estimate."""
+    return limits is not None and (limits.tpm_limit is not None or limits.max_budget is not None)
+
+
 class Ledger:
     def __init__(
         self,
@@ -100,11 +102,6 @@ class Ledger:
         self._writer = writer
         self._prices = prices
         self._default_output = default_output_tokens
-        # Settles run in one long-lived task fed by a queue: a Task per request cost ~6% of
-        # a worker's time (profile in bench/README.md).
-        self._settles: collections.deque[Awaitable[None]] = collections.deque()
-        self._wake = asyncio.Event()
-        self._drainer: asyncio.Task[None] | None = None
         self._deployment_limits: dict[str, Limits | None] = {}
         # token hash -> (the record they were made from, its Limits): a record is the same
         # object for every request until the key cache replaces it.
@@ -149,44 +146,55 @@ class Ledger:
         if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
             return  # the common case without keys: nothing to build per request
         key_limits = self._limits_of(entry.record) if entry.record is not None else None
-        subjects = [
-            (subject, limits)
-            for subject, limits in (
-                (entry.record.token_hash if entry.record else "", key_limits),
-                (f"deployment:{entry.deployment}", entry.deployment_limits),
-            )
-            if limits is not None
-        ]
-        if not subjects:
+        deployment_limits = entry.deployment_limits
+        if key_limits is None and deployment_limits is None:
             return
         tokens = cost = 0.0
-        if any(lim.tpm_limit is not None or lim.max_budget is not None for _, lim in subjects):
+        if _charges(key_limits) or _charges(deployment_limits):
             prompt = prompt_tokens()
             output = self._default_output if max_tokens is None else max_tokens
             tokens = prompt + output
             cost = self._cost(entry, prompt, output, 0)
-        for subject, limits in subjects:
-            deployment = subject.startswith("deployment:")
-            while True:
-                try:
-                    admission = await self._limiter.admit(
-                        subject,
-                        limits,
-                        estimated_tokens=int(tokens),
-                        estimated_cost=cost,
-                        request_id=entry.request_id,
-                    )
-                    break
-                except RateLimitedError as exc:
-                    # A deployment at its rpm/tpm: wait for its window in the fair queue
-                    # (which raises a 429 itself when the wait would be too long).
-                    if wait is None or not deployment or exc.retry_after is None:
-                        raise
-                    await wait(exc.retry_after)
-            if deployment:
-                entry.deployment_admission = admission
-            else:
-                entry.admission = admission
+        if key_limits is not None and entry.record is not None:
+            entry.admission = await self._admit(
+                entry, entry.record.token_hash, key_limits, tokens=tokens, cost=cost, wait=None
+            )
+        if deployment_limits is not None:
+            entry.deployment_admission = await self._admit(
+                entry,
+                f"deployment:{entry.deployment}",
+                deployment_limits,
+                tokens=tokens,
+                cost=cost,
+                wait=wait,
+            )
+
+    async def _admit(
+        self,
+        entry: Entry,
+        subject: str,
+        limits: Limits,
+        *,
+        tokens: float,
+        cost: float,
+        wait: Callable[[float], Awaitable[None]] | None,
+    ) -> Admission:
+        assert self._limiter is not None
+        while True:
+            try:
+                return await self._limiter.admit(
+                    subject,
+                    limits,
+                    estimated_tokens=int(tokens),
+                    estimated_cost=cost,
+                    request_id=entry.request_id,
+                )
+            except RateLimitedError as exc:
+                # A deployment at its rpm/tpm: wait for its window in the fair queue
+                # (which raises a 429 itself when the wait would be too long).
+                if wait is None or exc.retry_after is None:
+                    raise
+                await wait(exc.retry_after)
 
     def close(
         self,
@@ -212,13 +220,15 @@ class Ledger:
         cost = 0.0 if cache_hit else self._cost(entry, prompt, completion, cached)
         if self._limiter is not None:
             for admission in entry.admissions():
-                if usage is not None:
-                    settle = self._limiter.settle(
-                        admission, actual_tokens=prompt + completion, actual_cost=cost
-                    )
-                else:
-                    settle = self._limiter.release(admission)
-                self._background(settle)
+                try:
+                    if usage is not None:
+                        self._limiter.settle(
+                            admission, actual_tokens=prompt + completion, actual_cost=cost
+                        )
+                    else:
+                        self._limiter.release(admission)
+                except Exception:  # a bug there must not cost the usage record
+                    log.exception("settling a rate-limit reservation failed")
         if self._writer is None:
             return cost
         now = time.perf_counter()
@@ -253,31 +263,7 @@ class Ledger:
             return 0.0
         return self._prices.cost_usd(entry.model, prompt, completion, cached, entry.price)
 
-    def _background(self, work: Awaitable[None]) -> None:
-        self._settles.append(work)
-        self._wake.set()
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._settles:
-                try:
-                    await self._settles.popleft()
-                except Exception:
-                    log.exception("settling a rate-limit reservation failed")
-
     async def aclose(self) -> None:
-        """Finish the queued settles, then stop."""
-        while self._settles:
-            try:
-                await self._settles.popleft()
-            except Exception:
-                log.exception("settling a rate-limit reservation failed")
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
-            self._drainer = None
+        """Wait until the settles made so far have landed (or wait for replay)."""
+        if self._limiter is not None:
+            await self._limiter.settled()

@@ -7,7 +7,7 @@
                                     request_id=...)   # 429 RateLimitedError / BudgetExceededError
     response.headers.update(admission.headers())
     ...
-    await limiter.settle(admission, actual_tokens=..., actual_cost=...)  # or release() on failure
+    limiter.settle(admission, actual_tokens=..., actual_cost=...)  # or release(); never waits
 
 Errors raised: ``RateLimitedError`` and ``BudgetExceededError`` (429) for denials,
 ``ServiceUnavailableError`` (503) under ``fail_closed`` while Redis is down. redis-py's own

@@ -142,11 +142,14 @@ class LocalLimiter:
             reset_tokens=oldest_reset,
         )
 
-    async def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
+    def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
         self.finish(admission, actual_tokens, to_nano(actual_cost))
 
-    async def release(self, admission: Admission) -> None:
+    def release(self, admission: Admission) -> None:
         self.finish(admission, 0, 0)
+
+    async def settled(self) -> None:
+        """Settles here are done when ``settle`` returns; nothing to wait for."""
 
     def finish(self, admission: Admission, tokens: int, cost: int) -> None:
         """Swap the reservations for actual use (zero for a release) and free the lease."""

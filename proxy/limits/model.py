@@ -115,7 +115,10 @@ class Admission:
         if self.limits.tpm_limit is not None:
             out["x-ratelimit-limit-tokens"] = str(self.limits.tpm_limit)
             out["x-ratelimit-remaining-tokens"] = str(max(0, self.remaining_tokens))
-            out["x-ratelimit-reset-tokens"] = format_reset(self.reset_tokens)
+            reset = out.get("x-ratelimit-reset-requests")
+            if reset is None or self.reset_tokens != self.reset_requests:
+                reset = format_reset(self.reset_tokens)
+            out["x-ratelimit-reset-tokens"] = reset  # one window for both with Redis
         return out
 
 
@@ -175,11 +178,14 @@ class Limiter(Protocol):
         request_id: str,
     ) -> Admission: ...
 
-    async def settle(
-        self, admission: Admission, *, actual_tokens: int, actual_cost: float
-    ) -> None: ...
+    def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
+        """Swap the reservations for the actual use; never waits, never raises."""
 
-    async def release(self, admission: Admission) -> None: ...
+    def release(self, admission: Admission) -> None:
+        """Give the reservations and the lease back (a failed or cancelled call)."""
+
+    async def settled(self) -> None:
+        """Wait until the settles and releases made so far have landed (or wait for replay)."""
 
     async def renew(self, admission: Admission) -> bool: ...
 

@@ -9,16 +9,22 @@ gets an answer, ``failure_policy`` decides without touching the network:
 - ``local_share`` (default): a ``LocalLimiter`` enforces limit / ``replicas`` in-process (the
   budget share starts from the spend last seen in Redis for the window).
 
-Settles of Redis admissions that cannot reach Redis wait in a bounded queue and are replayed
+Settles and releases never make the request wait: their EVALSHA is queued with
+``RespClient.send_later`` (it rides along with the next admission's write) and its outcome
+arrives in a callback. Those that cannot reach Redis wait in a bounded queue and are replayed
 when the probe succeeds; leases and TPM entries would expire by themselves anyway.
+``settled()`` waits for the ones under way (shutdown, tests).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from functools import partial
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -35,11 +41,13 @@ from proxy.limits.model import (
     denial,
 )
 from proxy.limits.redis_counters import Denied, LimiterUnavailableError, RedisCounters
-from proxy.limits.resp import RespClient
+from proxy.limits.resp import RespClient, RespReplyError
 from proxy.limits.settings import LimitsSettings
 
 _MAX_PENDING: Final = 10_000  # settles kept while Redis is away; older ones are dropped
 _MAX_BLOCKED: Final = 100_000  # cached denials before the cache is swept
+
+log = logging.getLogger("llm_proxy.limits")
 
 
 class _Blocked(NamedTuple):
@@ -76,6 +84,7 @@ class RateLimiter:
         self._blocked: dict[str, _Blocked] = {}
         self._committed: dict[str, tuple[int, int]] = {}  # subject -> (budget window, nano-USD)
         self._pending: deque[tuple[Admission, int, int]] = deque(maxlen=_MAX_PENDING)
+        self._settling: set[asyncio.Future[Any]] = set()  # settles sent, outcome not known yet
 
     def set_redis_url(self, url: str) -> None:
         """New connection details (secret rotation): calls under way finish on the old
@@ -134,12 +143,18 @@ class RateLimiter:
                 raise self._deny(subject, limits, result)
         return self._fallback(subject, limits, estimated_tokens, estimated_cost, request_id)
 
-    async def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
-        await self._finish(admission, actual_tokens, round(actual_cost * NANO_PER_USD))
+    def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
+        """Swap the reservations for the actual use; returns at once (see the docstring)."""
+        self._finish(admission, actual_tokens, round(actual_cost * NANO_PER_USD))
 
-    async def release(self, admission: Admission) -> None:
+    def release(self, admission: Admission) -> None:
         """Give back the TPM and budget reservations and the lease; the RPM slot stays used."""
-        await self._finish(admission, 0, 0)
+        self._finish(admission, 0, 0)
+
+    async def settled(self) -> None:
+        """Wait until every settle and release made so far has landed or been queued for replay."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def renew(self, admission: Admission) -> bool:
         """Extend the lease for a long stream; advisory (True when Redis cannot be asked)."""
@@ -157,6 +172,7 @@ class RateLimiter:
         return True
 
     async def aclose(self) -> None:
+        await self.settled()
         await self._breaker.aclose()
         await self._client.aclose()
 
@@ -190,7 +206,7 @@ class RateLimiter:
             subject, shared, estimated_tokens=tokens, estimated_cost=cost, request_id=request_id
         )
 
-    async def _finish(self, admission: Admission, tokens: int, cost: int) -> None:
+    def _finish(self, admission: Admission, tokens: int, cost: int) -> None:
         if admission.done:
             return
         self._blocked.pop(admission.subject, None)  # capacity may have been given back
@@ -200,14 +216,39 @@ class RateLimiter:
         admission.done = True
         if admission.backend == "open":
             return
-        if self._breaker.healthy:
-            try:
-                await self._counters.finish(admission, tokens, cost)
-            except LimiterUnavailableError:
-                self._breaker.trip()
-            else:
-                return
+        if not self._breaker.healthy:
+            self._pending.append((admission, tokens, cost))
+            return
+        sent = self._counters.finish_later(admission, tokens, cost)
+        self._settling.add(sent)
+        sent.add_done_callback(partial(self._finished, admission, tokens, cost))
+
+    def _finished(
+        self, admission: Admission, tokens: int, cost: int, sent: asyncio.Future[Any]
+    ) -> None:
+        self._settling.discard(sent)
+        if sent.cancelled():
+            exc: BaseException | None = LimiterUnavailableError("settle cancelled")
+        else:
+            exc = sent.exception()
+        if exc is None:
+            return
+        if isinstance(exc, RespReplyError) and str(exc).startswith("NOSCRIPT"):
+            # Redis lost its scripts (restart, SCRIPT FLUSH): ``finish`` loads and retries.
+            retry = asyncio.ensure_future(self._finish_again(admission, tokens, cost))
+            self._settling.add(retry)
+            retry.add_done_callback(self._settling.discard)
+            return
+        log.debug("limiter: a settle did not reach Redis (%s); kept for replay", exc)
+        self._breaker.trip()
         self._pending.append((admission, tokens, cost))
+
+    async def _finish_again(self, admission: Admission, tokens: int, cost: int) -> None:
+        try:
+            await self._counters.finish(admission, tokens, cost)
+        except LimiterUnavailableError:
+            self._breaker.trip()
+            self._pending.append((admission, tokens, cost))
 
     async def _replay(self) -> None:
         """Apply the settles that happened while Redis was away, oldest first."""

@@ -8,6 +8,7 @@ caller decides what to cache.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
@@ -19,6 +20,7 @@ from proxy.limits.resp import RespClient, RespReplyError, RespUnavailableError
 # A budget window's counters outlive the window by the lease TTL plus this, so requests
 # admitted at its very end can still settle into it.
 _BUDGET_GRACE_MS: Final = 60_000
+_MAX_KEY_NAMES: Final = 100_000  # subjects whose key names are remembered
 
 
 class LimiterUnavailableError(Exception):
@@ -47,10 +49,15 @@ class RedisCounters:
         self._admit = client.script_sha(scripts.ADMIT)
         self._finish = client.script_sha(scripts.FINISH)
         self._renew = client.script_sha(scripts.RENEW)
+        # subject -> (budget window, its key names): the same six strings every request.
+        self._keys: dict[str, tuple[int, list[str]]] = {}
 
     def keys(self, subject: str, budget_window: int) -> list[str]:
+        made = self._keys.get(subject)
+        if made is not None and made[0] == budget_window:
+            return made[1]
         base = f"{self._prefix}{{{subject}}}:"
-        return [
+        keys = [
             base + "req",
             base + "tok",
             base + "tpm",
@@ -58,6 +65,10 @@ class RedisCounters:
             base + "res",
             f"{base}budget:{budget_window}",
         ]
+        if len(self._keys) >= _MAX_KEY_NAMES:
+            self._keys.clear()
+        self._keys[subject] = (budget_window, keys)
+        return keys
 
     async def admit(
         self,
@@ -112,6 +123,17 @@ class RedisCounters:
 
     async def finish(self, admission: Admission, tokens: int, cost: int) -> None:
         """Settle (actual use) or release (zeros) an admission made here."""
+        await self._call(self._finish, *self._finish_call(admission, tokens, cost))
+
+    def finish_later(self, admission: Admission, tokens: int, cost: int) -> asyncio.Future[Any]:
+        """``finish`` without waiting: the EVALSHA rides along with the next write. The future
+        fails with RespUnavailableError or RespReplyError (NOSCRIPT: retry with ``finish``)."""
+        keys, args = self._finish_call(admission, tokens, cost)
+        return self._client.send_later("EVALSHA", self._finish, len(keys), *keys, *args)
+
+    def _finish_call(
+        self, admission: Admission, tokens: int, cost: int
+    ) -> tuple[list[str], tuple[str | int, ...]]:
         limits = admission.limits
         _, end = limits.budget_window(admission.budget_window / 1000)
         args = (
@@ -123,7 +145,7 @@ class RedisCounters:
             int(limits.max_budget is not None),
             self._budget_expiry(end),
         )
-        await self._call(self._finish, self.keys(admission.subject, admission.budget_window), args)
+        return self.keys(admission.subject, admission.budget_window), args
 
     async def renew(self, admission: Admission) -> bool:
         base = f"{self._prefix}{{{admission.subject}}}:"

@@ -9,6 +9,10 @@ order), parses replies with ``hiredis.Reader``, and checks one deadline timer pe
 instead of a timeout object per call. A dead or slow connection fails every waiting call
 with ``RespUnavailableError`` and is replaced on the next call.
 
+Commands nobody waits on (the limiter's settles) are sent with ``send_later``: they ride
+along with the next write, or go out on their own within ``LATER_SECONDS``, so under load
+they cost no write (no syscall) of their own and the caller never suspends.
+
 ``rediss://`` URLs get TLS with the options in the URL query (CA file, client certificate,
 hostname check; proxy/tls.py), set up once per client: the per-call path is the same.
 
@@ -28,12 +32,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 
 from proxy.tls import redis_ssl_context
+
+# How long a ``send_later`` command may wait for another command's write to ride along with.
+LATER_SECONDS: Final = 0.002
 
 
 class RespUnavailableError(Exception):
@@ -86,6 +93,8 @@ class _Connection(asyncio.Protocol):
         # Commands sent in one pass of the event loop go out in one write (one syscall):
         # under load many requests ask Redis in the same pass.
         self._out: list[bytes] = []
+        self._flush_soon = False  # a flush is scheduled for this loop pass
+        self._flush_later = False  # a flush is scheduled LATER_SECONDS on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -113,14 +122,27 @@ class _Connection(asyncio.Protocol):
             else:
                 future.set_result(reply)
 
-    def write(self, command: bytes) -> None:
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+    def write(self, command: bytes, *, later: bool = False) -> None:
+        """Buffer ``command``; it goes out this loop pass, or, ``later``, with the next
+        write or within LATER_SECONDS."""
         self._out.append(command)
+        if later:
+            if not self._flush_later and not self._flush_soon:
+                self._flush_later = True
+                asyncio.get_running_loop().call_later(LATER_SECONDS, self._flush_by_timer)
+        elif not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush_by_timer(self) -> None:
+        self._flush_later = False
+        self._flush()
 
     def _flush(self) -> None:
+        # A timer left behind by a flush that came sooner finds nothing, or later commands.
+        self._flush_soon = False
         out, self._out = self._out, []
-        if self.transport is not None and not self.closed:
+        if out and self.transport is not None and not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -232,14 +254,16 @@ class RespClient:
             self._conn = conn
         return conn
 
-    def _send(self, conn: _Connection, args: Sequence[Any]) -> asyncio.Future[Any]:
+    def _send(
+        self, conn: _Connection, args: Sequence[Any], *, later: bool = False
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if conn.closed or conn.transport is None:
             future.set_exception(RespUnavailableError("redis: connection closed"))
             return future
         conn.waiters.append((loop.time(), future))
-        conn.write(hiredis.pack_command(tuple(args)))
+        conn.write(hiredis.pack_command(tuple(args)), later=later)
         if self._timer is None:
             self._timer = loop.call_later(self._timeout, self._check_deadline)
         return future
@@ -261,7 +285,12 @@ class RespClient:
             self._timer = loop.call_at(next_check, self._check_deadline)
 
     async def call(self, *args: Any) -> Any:
-        conn = await self._connection()
+        return await self._call(args)
+
+    async def _call(self, args: Sequence[Any]) -> Any:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
         observe = self.observe
         if observe is None:
             return await self._send(conn, args)
@@ -274,6 +303,17 @@ class RespClient:
         observe(time.perf_counter() - started, True)
         return reply
 
+    def send_later(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue a command without waiting for it (see the module docstring); its reply, or
+        its RespUnavailableError / RespReplyError, arrives in the returned future.
+
+        Not timed by ``observe``, which times the calls someone waits on."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            # No connection to write to now: make one, as ``call`` does (rare).
+            return asyncio.ensure_future(self.call(*args))
+        return self._send(conn, args, later=True)
+
     def script_sha(self, script: str) -> str:
         sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self._scripts[sha] = script.encode()
@@ -283,12 +323,12 @@ class RespClient:
         """EVALSHA, loading the script once when Redis does not know it (NOSCRIPT)."""
         command = ("EVALSHA", sha, len(keys), *keys, *args)
         try:
-            return await self.call(*command)
+            return await self._call(command)
         except RespReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await self.call("SCRIPT", "LOAD", self._scripts[sha])
-        return await self.call(*command)
+        await self._call(("SCRIPT", "LOAD", self._scripts[sha]))
+        return await self._call(command)
 
     async def aclose(self) -> None:
         if self._timer is not None:

@@ -64,7 +64,8 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(random.random() / 1000)
             cost = estimate * random.uniform(0.5, 1.0)
             spent += cost
-            await limiter.settle(a, actual_tokens=0, actual_cost=cost)
+            limiter.settle(a, actual_tokens=0, actual_cost=cost)
+            await limiter.settled()
 
     run = burst if spec["scenario"] == "burst" else budget
     await asyncio.gather(*(run(i) for i in range(spec["concurrency"])))

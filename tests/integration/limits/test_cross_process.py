@@ -78,7 +78,8 @@ async def test_parallel_limit_holds_exactly_across_processes(
             await limiter.admit("subject", Limits(**limits), request_id="late-0", **kwargs)
         assert denied.value.code == "parallel_requests_limit_exceeded"
         # The children have exited; the parent releases one of their leases by id.
-        await limiter.release(Admission("subject", held[0], Limits(**limits), "redis"))
+        limiter.release(Admission("subject", held[0], Limits(**limits), "redis"))
+        await limiter.settled()
         await limiter.admit("subject", Limits(**limits), request_id="late-1", **kwargs)
         with pytest.raises(RateLimitedError):
             await limiter.admit("subject", Limits(**limits), request_id="late-2", **kwargs)

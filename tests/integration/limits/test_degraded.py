@@ -39,7 +39,8 @@ async def test_fail_open_admits_when_redis_is_unreachable(key_prefix: str) -> No
         for i in range(10):
             admission = await admit(limiter, Limits(rpm_limit=1), f"r{i}")
             assert admission.backend == "open" and admission.headers() == {}
-            await limiter.settle(admission, actual_tokens=5, actual_cost=0.1)
+            limiter.settle(admission, actual_tokens=5, actual_cost=0.1)
+            await limiter.settled()
         assert limiter.degraded
     finally:
         await limiter.aclose()
@@ -86,7 +87,8 @@ async def test_local_share_budget_starts_from_the_spend_seen_in_redis(
     limits = Limits(max_budget=1.0)
     try:
         spent = await admit(limiter, limits, "r0", estimated_cost=0.8)
-        await limiter.settle(spent, actual_tokens=0, actual_cost=0.8)
+        limiter.settle(spent, actual_tokens=0, actual_cost=0.8)
+        await limiter.settled()
         await admit(limiter, limits, "r1", estimated_cost=0.0)  # sees 0.8 committed
         fault_proxy.cut()
         assert (await admit(limiter, limits, "r2", estimated_cost=0.1)).backend == "local"
@@ -168,7 +170,8 @@ async def test_settles_made_while_down_are_replayed_on_recovery(
     try:
         admission = await admit(limiter, limits, "r0", estimated_cost=2.0)
         fault_proxy.cut()
-        await limiter.settle(admission, actual_tokens=0, actual_cost=1.5)
+        limiter.settle(admission, actual_tokens=0, actual_cost=1.5)
+        await limiter.settled()
         assert limiter.degraded
         fault_proxy.heal()
         await eventually(lambda: not limiter.degraded)
@@ -206,3 +209,25 @@ def test_redis_client_uses_the_hiredis_parser() -> None:
     from redis.asyncio.connection import DefaultParser
 
     assert DefaultParser.__name__ == "_AsyncHiredisParser"
+
+
+async def test_a_settle_after_redis_lost_its_scripts_still_lands(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """NOSCRIPT on a settle (Redis restarted or SCRIPT FLUSH): the script is loaded again and
+    the settle applied; the limiter does not count as degraded."""
+    limiter = RateLimiter(settings(redis_url, redis_prefix))
+    limits = Limits(max_budget=10.0, max_parallel_requests=1)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        admission = await admit(limiter, limits, "r0", estimated_cost=2.0)
+        await client.script_flush()
+        limiter.settle(admission, actual_tokens=0, actual_cost=1.5)
+        await limiter.settled()
+        assert not limiter.degraded
+        budget = await client.hgetall(f"{redis_prefix}{{subject}}:budget:0")
+        assert (int(budget[b"s"]), int(budget[b"r"])) == (1_500_000_000, 0)
+        assert await client.zcard(f"{redis_prefix}{{subject}}:lease") == 0
+    finally:
+        await client.aclose()
+        await limiter.aclose()

@@ -158,7 +158,8 @@ async def test_rate_limiter_keeps_counting_through_the_new_user(
         admission = await limiter.admit(
             "k", limits, estimated_tokens=1, estimated_cost=0.0, request_id=f"r{n}"
         )
-        await limiter.settle(admission, actual_tokens=1, actual_cost=0.0)
+        limiter.settle(admission, actual_tokens=1, actual_cost=0.0)
+        await limiter.settled()
         return admission.remaining_requests
 
     try:

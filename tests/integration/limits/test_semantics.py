@@ -62,10 +62,12 @@ async def test_tpm_reservation_is_replaced_by_actual_tokens(make_limiter: MakeLi
     with pytest.raises(RateLimitedError) as denied:
         await admit(limiter, limits, tokens=500)
     assert denied.value.code == "tokens_limit_exceeded"
-    await limiter.settle(first, actual_tokens=200, actual_cost=0.0)  # 400 given back
+    limiter.settle(first, actual_tokens=200, actual_cost=0.0)  # 400 given back
+    await limiter.settled()
     second = await admit(limiter, limits, tokens=500)
     assert second.remaining_tokens == 300
-    await limiter.settle(second, actual_tokens=790, actual_cost=0.0)  # 290 more than reserved
+    limiter.settle(second, actual_tokens=790, actual_cost=0.0)  # 290 more than reserved
+    await limiter.settled()
     third = await admit(limiter, limits, tokens=10)
     assert third.remaining_tokens == 0
     with pytest.raises(RateLimitedError):
@@ -79,10 +81,12 @@ async def test_release_returns_reservations_but_not_the_request_slot(
     limiter = make_limiter()
     limits = Limits(rpm_limit=2, tpm_limit=100, max_parallel_requests=1, max_budget=1.0)
     first = await admit(limiter, limits, tokens=100, cost=1.0)
-    await limiter.release(first)
+    limiter.release(first)
+    await limiter.settled()
     second = await admit(limiter, limits, tokens=100, cost=1.0)
     assert second.remaining_requests == 0 and second.remaining_tokens == 0
-    await limiter.release(second)
+    limiter.release(second)
+    await limiter.settled()
     with pytest.raises(RateLimitedError) as denied:
         await admit(limiter, limits, tokens=1, cost=0.1)
     assert denied.value.code == "requests_limit_exceeded"
@@ -93,9 +97,12 @@ async def test_settling_twice_counts_once(make_limiter: MakeLimiter) -> None:
     limiter = make_limiter()
     limits = Limits(tpm_limit=100, max_budget=1.0)
     first = await admit(limiter, limits, tokens=50, cost=0.5)
-    await limiter.settle(first, actual_tokens=50, actual_cost=0.5)
-    await limiter.settle(first, actual_tokens=50, actual_cost=0.5)
-    await limiter.release(first)
+    limiter.settle(first, actual_tokens=50, actual_cost=0.5)
+    await limiter.settled()
+    limiter.settle(first, actual_tokens=50, actual_cost=0.5)
+    await limiter.settled()
+    limiter.release(first)
+    await limiter.settled()
     assert (await admit(limiter, limits, tokens=50, cost=0.5)).remaining_tokens == 0
 
 
@@ -133,7 +140,8 @@ async def test_renew_keeps_a_long_stream_s_lease(make_limiter: MakeLimiter) -> N
     await asyncio.sleep(0.6)  # past the first expiry (1.0 s), within the renewed one (1.6 s)
     with pytest.raises(RateLimitedError):
         await admit(limiter, limits)
-    await limiter.release(stream)
+    limiter.release(stream)
+    await limiter.settled()
     assert not await limiter.renew(stream)
     await admit(limiter, limits)
 
@@ -157,7 +165,8 @@ async def test_budget_window_resets_on_time(make_limiter: MakeLimiter) -> None:
     limits = Limits(max_budget=1.0, budget_duration=1.0)
     await asyncio.sleep(math.ceil(time.time()) - time.time() + 0.01)  # at a window's start
     first = await admit(limiter, limits, cost=0.6)
-    await limiter.settle(first, actual_cost=0.7, actual_tokens=0)
+    limiter.settle(first, actual_cost=0.7, actual_tokens=0)
+    await limiter.settled()
     with pytest.raises(BudgetExceededError) as denied:
         await admit(limiter, limits, cost=0.6)
     error = denied.value

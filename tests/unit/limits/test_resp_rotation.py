@@ -140,3 +140,55 @@ async def test_an_unusable_url_is_refused_and_changes_nothing(
         assert len(server.connections) == 1
     finally:
         await client.aclose()
+
+
+async def test_send_later_rides_along_with_the_next_call(server: ScriptedRedis) -> None:
+    """A command nobody waits on goes out in the same write as the next call, in order."""
+    client = RespClient(server.url("u", "p"), timeout=5)
+    try:
+        assert await client.call("GET", "a") == b"a"
+        conn = client._conn
+        assert conn is not None and conn.transport is not None
+        writes: list[bytes] = []
+        write = conn.transport.write
+
+        def counting(data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        conn.transport.write = counting  # type: ignore[method-assign]
+        settled = client.send_later("GET", "b")
+        assert await client.call("GET", "c") == b"c"
+        assert await settled == b"b"
+        assert len(writes) == 1 and writes[0].index(b"b\r\n") < writes[0].index(b"c\r\n")
+    finally:
+        await client.aclose()
+
+
+async def test_send_later_alone_goes_out_by_itself(server: ScriptedRedis) -> None:
+    """With no other call to ride along with, it is sent within LATER_SECONDS."""
+    client = RespClient(server.url("u", "p"), timeout=5)
+    try:
+        assert await client.call("GET", "a") == b"a"
+        assert await asyncio.wait_for(client.send_later("GET", "b"), timeout=1) == b"b"
+        # With no connection yet, one is made for it.
+        fresh = RespClient(server.url("u", "p"), timeout=5)
+        try:
+            assert await asyncio.wait_for(fresh.send_later("GET", "z"), timeout=1) == b"z"
+        finally:
+            await fresh.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_send_later_fails_when_the_server_is_silent(server: ScriptedRedis) -> None:
+    """Its future carries the timeout like any call's."""
+    client = RespClient(server.url("u", "p"), timeout=0.2)
+    try:
+        assert await client.call("GET", "a") == b"a"
+        server.released.clear()
+        with pytest.raises(RespUnavailableError, match="in time"):
+            await asyncio.wait_for(client.send_later("GET", "b"), timeout=2)
+    finally:
+        server.released.set()
+        await client.aclose()
