@@ -203,7 +203,7 @@ class KeyEvents:
                 self._listening.pop(me, None)
                 self.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
             missed = True
             if cancel_was_swallowed():
                 return

@@ -213,7 +213,7 @@ class SharedCooldowns:
             finally:
                 self.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
             if cancel_was_swallowed():
                 return
             await asyncio.sleep(self._retry_interval)
