@@ -419,7 +419,10 @@ def _key_record(row: asyncpg.Record) -> KeyRecord:
 
 
 def _usage_row(record: UsageRecord) -> tuple[Any, ...]:
-    return tuple(utc(v) if isinstance(v, datetime) else v for v in msgspec.structs.astuple(record))
+    row = msgspec.structs.astuple(record)
+    if record.started_at.tzinfo is UTC and record.ended_at.tzinfo is UTC:
+        return row  # the Ledger's records: nothing to convert
+    return tuple(utc(v) if isinstance(v, datetime) else v for v in row)
 
 
 def _raise_mapped(exc: Exception) -> NoReturn:

@@ -251,12 +251,15 @@ LATEST_VERSION: Final = MIGRATIONS[-1].version
 
 # The per-connection staging table for usage batches (PostgreSQL COPY target; SQLite bulk
 # insert target). Temporary, so each connection has its own and nothing needs migrating.
+# Its cost_usd is a double, as the record holds it: asyncpg encodes a numeric through
+# Decimal (~4 µs of the proxy's CPU per row, bench/README.md); the INSERT ... SELECT into
+# usage_records rounds it to numeric(20, 10) in the server instead.
 POSTGRES_STAGING: Final = """
 CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
     request_id text, started_at timestamptz, ended_at timestamptz, model text,
     token_hash text, key_alias text, user_id text, team_id text, deployment text,
     provider text, prompt_tokens integer, completion_tokens integer, total_tokens integer,
-    cached_tokens integer, cost_usd numeric(20, 10), latency_ms double precision,
+    cached_tokens integer, cost_usd double precision, latency_ms double precision,
     ttft_ms double precision, status integer, error_type text, cache_hit boolean
 ) ON COMMIT DELETE ROWS"""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -88,6 +88,36 @@ async def test_usage_record_fields_are_stored(store: Store) -> None:
         "total_tokens": 15,
         "cost_usd": pytest.approx(0.001),
     }
+
+
+async def test_costs_keep_ten_decimals(store: Store) -> None:
+    """Costs are stored to the column's ten decimals (Postgres stages them as doubles)."""
+    k = await store.insert_key(key("sk-cents"))
+    costs = [0.0000001234, 1.2345678901, 12345.0000000001]
+    await store.insert_usage(
+        [usage(i, token_hash=k.token_hash, cost_usd=c) for i, c in enumerate(costs)]
+    )
+    assert await store.key_spend(k.token_hash, T0) == pytest.approx(sum(costs), abs=1e-9)
+    stored = await store.get_key(k.token_hash)
+    assert stored is not None and stored.spend == pytest.approx(sum(costs), abs=1e-9)
+    [row] = await store.usage_summary(group_by="day")
+    assert row["cost_usd"] == pytest.approx(sum(costs), abs=1e-9)
+
+
+async def test_times_in_other_zones_are_stored_as_the_same_instant(store: Store) -> None:
+    """A record whose times are not in UTC is stored at the same instant (day boundaries)."""
+    east = timezone(timedelta(hours=5))
+    late = (T0 + timedelta(hours=11, minutes=30)).astimezone(east)  # 23:30 UTC: next day at +05
+    await store.insert_usage([usage(1, at=late), usage(2)])
+    rows = await store.usage_summary(group_by="day")
+    assert [(r["day"], r["requests"]) for r in rows] == [("2025-03-01", 2)]
+    since = T0 + timedelta(hours=11)
+    assert await _count_since(store, since) == 1
+
+
+async def _count_since(store: Store, since: datetime) -> int:
+    rows = await store.usage_summary(start=since, group_by="model")
+    return sum(row["requests"] for row in rows)
 
 
 async def test_summary_groups_by_day_model_and_key(store: Store) -> None:
