@@ -60,8 +60,12 @@ checked = 0
 local threads = {}
 
 if os.getenv("BENCH_VARY") ~= "0" then
-  -- wrk builds each request (on the client's core): the user message differs every time.
-  local counter = 0
+  -- wrk builds each request (on the client's core): the user message differs every time,
+  -- and from every earlier run's too (a proxy that remembers prompt token counts must not
+  -- find a warm-up's prompts again): the count starts at the clock's seconds x 100,000, so
+  -- a run started s seconds later starts s x 100,000 higher, beyond what any earlier run
+  -- sent (under 100,000 requests/s).
+  local counter = os.time() * 100000
   function request()
     counter = counter + 1
     return wrk.format(nil, nil, nil, head .. " (request " .. counter .. ")" .. tail)
