@@ -12,8 +12,13 @@ from tests.integration.store.conftest import MakeStore
 from tests.integration.store.factories import T0, key, usage
 
 
-async def _count(store: Store, key_hash: str | None = None, model: str | None = None) -> int:
-    rows = await store.usage_summary(key_hash=key_hash, model=model, group_by="model")
+async def _count(
+    store: Store,
+    key_hash: str | None = None,
+    model: str | None = None,
+    start: datetime | None = None,
+) -> int:
+    rows = await store.usage_summary(key_hash=key_hash, model=model, start=start, group_by="model")
     return sum(row["requests"] for row in rows)
 
 
@@ -112,12 +117,7 @@ async def test_times_in_other_zones_are_stored_as_the_same_instant(store: Store)
     rows = await store.usage_summary(group_by="day")
     assert [(r["day"], r["requests"]) for r in rows] == [("2025-03-01", 2)]
     since = T0 + timedelta(hours=11)
-    assert await _count_since(store, since) == 1
-
-
-async def _count_since(store: Store, since: datetime) -> int:
-    rows = await store.usage_summary(start=since, group_by="model")
-    return sum(row["requests"] for row in rows)
+    assert await _count(store, start=since) == 1
 
 
 async def test_summary_groups_by_day_model_and_key(store: Store) -> None:
