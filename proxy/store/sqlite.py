@@ -56,6 +56,13 @@ from proxy.store.schema import MIGRATIONS, SQLITE_LEDGER, SQLITE_STAGING
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _KEY_SELECT = ", ".join(KEY_COLUMNS)
 _USAGE_LIST = ", ".join(USAGE_COLUMNS)
+# Usage rows go into the staging table many per INSERT: executemany steps once per row, and
+# every step lets go of the GIL and has to win it back from the event loop. Under the keyed
+# benchmark the writer thread's CPU fell from ~11 to ~6 µs per row (per-thread /proc times).
+# 999 is SQLite's smallest compiled-in limit on parameters per statement (before 3.32), so
+# any build takes this many rows at once.
+_STAGED_PER_INSERT: Final = 999 // len(USAGE_COLUMNS)
+_STAGING_ROW: Final = "(" + ", ".join("?" * len(USAGE_COLUMNS)) + ")"
 _KEY_TIMES = frozenset({"budget_reset_at", "expires", "created_at", "updated_at"})
 # Primary result codes after which a later retry can succeed.
 _TRANSIENT = frozenset(
@@ -267,15 +274,19 @@ class SqliteStore:
             return
         unique = per_request_unique(records)
         rows = [_usage_row(r) for r in unique]
-        marks = ", ".join("?" * len(USAGE_COLUMNS))
         async with self._transaction() as db:
             await db.execute("DELETE FROM temp.usage_incoming")
-            try:
-                await db.executemany(
-                    f"INSERT INTO temp.usage_incoming ({_USAGE_LIST}) VALUES ({marks})", rows
-                )
-            except (OverflowError, TypeError, ValueError) as exc:
-                raise DatabaseError(f"a usage record has a value out of range: {exc}") from exc
+            for start in range(0, len(rows), _STAGED_PER_INSERT):
+                chunk = rows[start : start + _STAGED_PER_INSERT]
+                values = ", ".join([_STAGING_ROW] * len(chunk))
+                try:
+                    await db.execute(
+                        f"INSERT INTO temp.usage_incoming ({_USAGE_LIST}) VALUES {values}",
+                        [value for row in chunk for value in row],
+                    )
+                except (OverflowError, TypeError, ValueError) as exc:
+                    msg = f"a usage record has a value out of range: {exc}"
+                    raise DatabaseError(msg) from exc
             # Cost of the rows not stored yet; the write lock keeps that true until COMMIT.
             per_key = await db.execute_fetchall(
                 """

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from proxy.store import Store
+from proxy.store.errors import DatabaseError
 from tests.integration.store.conftest import MakeStore
 from tests.integration.store.factories import T0, key, usage
 
@@ -56,6 +57,31 @@ async def test_spend_is_added_per_key(store: Store) -> None:
     assert got_a is not None and got_a.spend == pytest.approx(0.04)
     assert got_b is not None and got_b.spend == pytest.approx(1.0)
     assert await _count(store) == 7
+
+
+async def test_batch_longer_than_one_insert_is_stored_whole(store: Store) -> None:
+    """A batch of many rows (SQLite stages them many per INSERT) stores every row once and
+    charges the key once per new row, also when rows already stored sit in several chunks."""
+    k = await store.insert_key(key("sk-long"))
+    early = [usage(i, token_hash=k.token_hash) for i in range(0, 300, 7)]
+    await store.insert_usage(early)
+    await store.insert_usage([usage(i, token_hash=k.token_hash) for i in range(300)])
+    assert await _count(store) == 300
+    stored = await store.get_key(k.token_hash)
+    assert stored is not None and stored.spend == pytest.approx(300 * 0.001)
+
+
+async def test_out_of_range_value_fails_the_batch_and_stores_nothing(store: Store) -> None:
+    """A value the database cannot hold is a DatabaseError; the batch's other rows are not
+    half-stored (the writer keeps the whole batch to retry or spill)."""
+    k = await store.insert_key(key("sk-range"))
+    batch = [usage(i, token_hash=k.token_hash) for i in range(120)]
+    batch[90] = usage(90, token_hash=k.token_hash, prompt_tokens=1 << 70)
+    with pytest.raises(DatabaseError, match="out of range"):
+        await store.insert_usage(batch)
+    assert await _count(store) == 0
+    stored = await store.get_key(k.token_hash)
+    assert stored is not None and stored.spend == 0
 
 
 async def test_records_of_unknown_keys_are_stored(store: Store) -> None:
