@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from proxy.errors import RateLimitedError
-from proxy.limits import Admission, Limiter, Limits
+from proxy.limits import NANO_PER_USD, Admission, Limiter, Limits
 from proxy.routing import Deployment
 from proxy.store import KeyRecord, UsageRecord
 from proxy.usage.budget import parse_duration
@@ -29,6 +29,10 @@ from proxy.wire.openai import Usage
 log = logging.getLogger("llm_proxy")
 _MONTH_SECONDS = 30 * 86_400  # the limiter's budget windows are fixed lengths
 _MAX_KEY_LIMITS = 100_000  # keys' Limits remembered; past this the memo starts again
+_MAX_ROOM = 100_000  # subjects' last seen headroom remembered; past this it starts again
+# The prompt's token ceiling stands in for its exact count while every subject charged had,
+# at its last admission, at least this many times the estimate left (tokens and budget).
+ROOM_FACTOR = 100
 
 
 @dataclass(slots=True)
@@ -106,6 +110,8 @@ class Ledger:
         # token hash -> (the record they were made from, its Limits): a record is the same
         # object for every request until the key cache replaces it.
         self._key_limits: dict[str, tuple[KeyRecord, Limits | None]] = {}
+        # subject -> (tokens, USD) it had left after its last admission here.
+        self._room: dict[str, tuple[float, float]] = {}
 
     def _limits_of(self, record: KeyRecord) -> Limits | None:
         made = self._key_limits.get(record.token_hash)
@@ -136,12 +142,20 @@ class Ledger:
         prompt_tokens: Callable[[], int],
         max_tokens: int | None,
         wait: Callable[[float], Awaitable[None]] | None = None,
+        prompt_ceiling: Callable[[], int | None] | None = None,
     ) -> None:
         """Take the key's and the deployment's limits; 429 (or 503) when it may not run now.
 
         The key goes first: a key over its limit must not use up the deployment's capacity.
         A deployment over its rpm/tpm makes the request ``wait(seconds)`` and try again,
         when ``wait`` is given; a key over its own limits is answered 429 at once.
+
+        The estimate reserved is the prompt's exact count (``prompt_tokens``, tiktoken) plus
+        the output allowed. While every subject charged is far from its limits
+        (``ROOM_FACTOR``), ``prompt_ceiling`` (a proven upper bound, no tokenising) stands in
+        for the count: reserving more than the exact estimate can only admit less, the
+        settle replaces it with the real usage, and a key that turns the ceiling down is
+        asked again with the exact count, so the ceiling never causes a 429 of its own.
         """
         if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
             return  # the common case without keys: nothing to build per request
@@ -149,25 +163,72 @@ class Ledger:
         deployment_limits = entry.deployment_limits
         if key_limits is None and deployment_limits is None:
             return
+        deployment = f"deployment:{entry.deployment}"
         tokens = cost = 0.0
+        output = self._default_output if max_tokens is None else max_tokens
+        bounded = False
         if _charges(key_limits) or _charges(deployment_limits):
-            prompt = prompt_tokens()
-            output = self._default_output if max_tokens is None else max_tokens
-            tokens = prompt + output
-            cost = self._cost(entry, prompt, output, 0)
+            ceiling = prompt_ceiling() if prompt_ceiling is not None else None
+            if ceiling is not None:
+                tokens = ceiling + output
+                cost = self._cost(entry, ceiling, output, 0)
+                bounded = (
+                    key_limits is None
+                    or entry.record is None
+                    or self._roomy(entry.record.token_hash, key_limits, tokens, cost)
+                ) and (
+                    deployment_limits is None
+                    or self._roomy(deployment, deployment_limits, tokens, cost)
+                )
+            if not bounded:
+                prompt = prompt_tokens()
+                tokens = prompt + output
+                cost = self._cost(entry, prompt, output, 0)
         if key_limits is not None and entry.record is not None:
-            entry.admission = await self._admit(
-                entry, entry.record.token_hash, key_limits, tokens=tokens, cost=cost, wait=None
-            )
+            subject = entry.record.token_hash
+            try:
+                entry.admission = await self._admit(
+                    entry, subject, key_limits, tokens=tokens, cost=cost, wait=None
+                )
+            except RateLimitedError:
+                self._room.pop(subject, None)
+                if not bounded:
+                    raise
+                bounded = False  # the ceiling may be what did not fit: ask with the count
+                prompt = prompt_tokens()
+                tokens = prompt + output
+                cost = self._cost(entry, prompt, output, 0)
+                entry.admission = await self._admit(
+                    entry, subject, key_limits, tokens=tokens, cost=cost, wait=None
+                )
+            self._note_room(subject, key_limits, entry.admission)
         if deployment_limits is not None:
             entry.deployment_admission = await self._admit(
-                entry,
-                f"deployment:{entry.deployment}",
-                deployment_limits,
-                tokens=tokens,
-                cost=cost,
-                wait=wait,
+                entry, deployment, deployment_limits, tokens=tokens, cost=cost, wait=wait
             )
+            self._note_room(deployment, deployment_limits, entry.deployment_admission)
+
+    def _roomy(self, subject: str, limits: Limits, tokens: float, cost: float) -> bool:
+        """Whether ``subject`` had ``ROOM_FACTOR`` times this estimate left when last seen."""
+        if not _charges(limits):
+            return True
+        room = self._room.get(subject)
+        if room is None:
+            return False
+        tokens_left, usd_left = room
+        if limits.tpm_limit is not None and tokens * ROOM_FACTOR > tokens_left:
+            return False
+        return limits.max_budget is None or cost * ROOM_FACTOR <= usd_left
+
+    def _note_room(self, subject: str, limits: Limits, admission: Admission) -> None:
+        if not _charges(limits):
+            return
+        if len(self._room) >= _MAX_ROOM:
+            self._room.clear()
+        usd_left = 0.0
+        if limits.max_budget is not None:
+            usd_left = limits.max_budget - admission.committed_nano / NANO_PER_USD
+        self._room[subject] = (float(admission.remaining_tokens), usd_left)
 
     async def _admit(
         self,

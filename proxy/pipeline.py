@@ -516,6 +516,7 @@ class Pipeline:
                 prompt_tokens=lambda: count_usage(view, upstream_model, None).prompt_tokens,
                 max_tokens=_max_tokens(view),
                 wait=None if entry.deployment_limits is None else self._window_wait(entry),
+                prompt_ceiling=lambda: tokens.prompt_token_ceiling(body, _messages(view)),
             )
             req = ParsedRequest(
                 op=op,
@@ -1063,6 +1064,10 @@ async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[
     yield first
     async for data in rest:
         yield data
+
+
+def _messages(view: RequestView) -> int:
+    return len(view.messages) if isinstance(view, ChatCompletionRequest) else 0
 
 
 def _max_tokens(view: RequestView) -> int | None:

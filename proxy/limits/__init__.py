@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from proxy.limits.events import KeyEventBus, KeyEvents, LocalKeyEvents
 from proxy.limits.local import LocalLimiter
-from proxy.limits.model import Admission, Limiter, Limits, counted_tokens
+from proxy.limits.model import NANO_PER_USD, Admission, Limiter, Limits, counted_tokens
 from proxy.limits.rate_limiter import RateLimiter
 from proxy.limits.settings import FailurePolicy, LimitsSettings, TokenCounting
 
 __all__ = [
+    "NANO_PER_USD",
     "Admission",
     "FailurePolicy",
     "KeyEventBus",

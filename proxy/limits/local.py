@@ -140,6 +140,7 @@ class LocalLimiter:
             remaining_tokens=(limits.tpm_limit or 0) - state.token_sum,
             reset_requests=oldest_reset,
             reset_tokens=oldest_reset,
+            committed_nano=budget[0] + budget[1] if limits.max_budget is not None else 0,
         )
 
     def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:

@@ -14,7 +14,7 @@ from proxy.errors import NoDeploymentAvailableError, RateLimitedError
 from proxy.limits import Limits, LocalLimiter
 from proxy.routing import FairQueue
 from proxy.store import KeyRecord
-from proxy.usage.prices import PriceTable
+from proxy.usage.prices import Price, PriceTable
 
 WINDOW = 0.3  # seconds: the limiter's sliding window, short for the test
 
@@ -77,3 +77,113 @@ def test_a_keys_limits_are_made_once_per_record() -> None:
     assert again is not None and again.rpm_limit == 9
     unlimited = msgspec.structs.replace(record, rpm_limit=None)
     assert ledger._limits_of(unlimited) is None
+
+
+# -- the prompt's token ceiling in place of its exact count --------------------------------
+
+PRICE = Price(input=1.0, output=2.0)  # USD per million tokens
+
+
+def _keyed(request_id: str, record: KeyRecord) -> Entry:
+    entry = Entry(request_id=request_id, alias="m", record=record)
+    entry.model = "m"
+    entry.price = PRICE
+    return entry
+
+
+def _record(**limits: object) -> KeyRecord:
+    return msgspec.convert({"token_hash": "k" * 64, **limits}, KeyRecord)
+
+
+class _Counter:
+    """The exact count, remembering how often it was asked for."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return self.tokens
+
+
+async def _admit(ledger: Ledger, entry: Entry, count: _Counter, ceiling: int) -> None:
+    await ledger.admit(entry, prompt_tokens=count, max_tokens=10, prompt_ceiling=lambda: ceiling)
+
+
+async def test_the_ceiling_stands_in_for_the_count_only_once_a_key_is_known_roomy() -> None:
+    ledger = Ledger(LocalLimiter(), None, PriceTable({}))
+    record = _record(tpm_limit=1_000_000, max_budget=100.0)
+    count = _Counter(40)
+    first = _keyed("a", record)
+    await _admit(ledger, first, count, ceiling=300)
+    assert count.calls == 1  # nothing known about the key yet: counted
+    assert first.admission is not None and first.admission.tokens == 50
+    second = _keyed("b", record)
+    await _admit(ledger, second, count, ceiling=300)
+    assert count.calls == 1  # far from both limits: the ceiling was reserved
+    assert second.admission is not None and second.admission.tokens == 310
+    assert second.admission.cost_nano == round((300 * 1.0 + 10 * 2.0) * 1000)
+
+
+async def test_near_the_token_limit_the_prompt_is_counted() -> None:
+    ledger = Ledger(LocalLimiter(), None, PriceTable({}))
+    record = _record(tpm_limit=20_000)  # 100 x 310 does not fit in what is left
+    count = _Counter(40)
+    for request_id in "abc":
+        entry = _keyed(request_id, record)
+        await _admit(ledger, entry, count, ceiling=300)
+        assert entry.admission is not None and entry.admission.tokens == 50
+    assert count.calls == 3
+
+
+async def test_near_the_budget_the_prompt_is_counted() -> None:
+    ledger = Ledger(LocalLimiter(), None, PriceTable({}))
+    # 100 x the ceiling's cost (0.00032 USD) is more than the budget left.
+    record = _record(max_budget=0.03)
+    count = _Counter(40)
+    for request_id in "ab":
+        await _admit(ledger, _keyed(request_id, record), count, ceiling=300)
+    assert count.calls == 2
+
+
+async def test_a_ceiling_turned_down_is_asked_again_with_the_exact_count() -> None:
+    """Another replica used the key up since this one last saw it: the ceiling does not
+    fit, the exact estimate does, so the request is admitted, not refused."""
+    limiter = LocalLimiter()
+    ledger = Ledger(limiter, None, PriceTable({}))
+    record = _record(tpm_limit=100_000)
+    count = _Counter(40)
+    await _admit(ledger, _keyed("a", record), count, ceiling=300)  # learns the room
+    limits = ledger._limits_of(record)
+    assert limits is not None
+    left = 100_000 - 50
+    # The other replica: leaves 200 tokens, less than the ceiling's 310, more than 50.
+    await limiter.admit(
+        record.token_hash, limits, estimated_tokens=left - 200, estimated_cost=0, request_id="x"
+    )
+    entry = _keyed("b", record)
+    await _admit(ledger, entry, count, ceiling=300)
+    assert count.calls == 2
+    assert entry.admission is not None and entry.admission.tokens == 50
+    # Now known to be near its limit: the next ones are counted, until the limit refuses.
+    for request_id in "cde":
+        await _admit(ledger, _keyed(request_id, record), count, ceiling=300)
+    with pytest.raises(RateLimitedError):
+        await _admit(ledger, _keyed("f", record), count, ceiling=300)
+    assert count.calls == 6
+
+
+async def test_without_a_ceiling_the_prompt_is_always_counted() -> None:
+    """Images or tools in the body (no ceiling): the count, however roomy the key."""
+    ledger = Ledger(LocalLimiter(), None, PriceTable({}))
+    record = _record(tpm_limit=10_000_000)
+    count = _Counter(40)
+    for request_id in "abc":
+        await ledger.admit(
+            _keyed(request_id, record),
+            prompt_tokens=count,
+            max_tokens=10,
+            prompt_ceiling=lambda: None,
+        )
+    assert count.calls == 3

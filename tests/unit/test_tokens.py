@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import tiktoken
 from hypothesis import given, settings
@@ -448,6 +450,57 @@ def test_input_counting_never_raises_on_odd_shapes(value: Any) -> None:
     """Arbitrary JSON-like prompt/embedding inputs yield a non-negative count."""
     assert tokens.count_embedding_input_tokens(value, "text-embedding-3-small") >= 0
     assert tokens.count_prompt_tokens_text(value, "gpt-4o") >= 0
+
+
+def _compact(value: Any) -> bytes:
+    """A client's shortest JSON for ``value``: no spaces, UTF-8 unescaped, any int."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=_messages, model=st.sampled_from(["gpt-4o", "gpt-4"]))
+def test_the_ceiling_is_never_below_the_chat_count(messages: Any, model: str) -> None:
+    """For any messages the body's ceiling (its most compact JSON: raw UTF-8, no spaces) is
+    at least the exact count, or None when the body may hold images."""
+    body = _compact({"model": model, "messages": messages})
+    n = len(messages) if isinstance(messages, list) else 0
+    ceiling = tokens.prompt_token_ceiling(body, n)
+    if ceiling is None:
+        assert b"image" in body
+    else:
+        assert ceiling >= tokens.count_chat_prompt_tokens(messages, model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json_values)
+def test_the_ceiling_is_never_below_the_input_count(value: Any) -> None:
+    """Completions' prompt and embeddings' input: text, token ids, lists of either."""
+    body = _compact({"model": "gpt-4o", "input": value, "prompt": value})
+    ceiling = tokens.prompt_token_ceiling(body, 0)
+    if ceiling is not None:
+        assert ceiling >= tokens.count_embedding_input_tokens(value, "text-embedding-3-small")
+        assert ceiling >= tokens.count_prompt_tokens_text(value, "gpt-4o")
+
+
+def test_the_ceiling_holds_where_tokens_outnumber_characters() -> None:
+    """Emoji and rare scripts take several byte-level tokens per character: the ceiling
+    counts bytes, not characters."""
+    text = "\U0001f9ec\U0001fae0\u0f00\ua9c1" * 40
+    messages = [{"role": "user", "content": text, "name": "a"}, {}]
+    count = tokens.count_chat_prompt_tokens(messages, "gpt-4o")
+    assert count > len(text)  # the case the ceiling must survive
+    ceiling = tokens.prompt_token_ceiling(orjson.dumps({"messages": messages}), 2)
+    assert ceiling is not None and ceiling >= count
+
+
+def test_bodies_with_images_or_tools_have_no_ceiling() -> None:
+    for extra in (
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"functions": [{"name": "f"}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]},
+    ):
+        body = orjson.dumps({"model": "gpt-4o", "messages": [], **extra})
+        assert tokens.prompt_token_ceiling(body, 1) is None
 
 
 def test_preload_builds_only_what_the_models_use() -> None:
