@@ -93,6 +93,30 @@ def _charges(limits: Limits | None) -> bool:
     return limits is not None and (limits.tpm_limit is not None or limits.max_budget is not None)
 
 
+class _Estimate:
+    """What one admission reserves: tokens and USD for the prompt plus the output allowed;
+    ``bounded`` while the prompt's figure is its ceiling rather than its count."""
+
+    __slots__ = ("_count", "_entry", "_ledger", "_output", "bounded", "cost", "tokens")
+
+    def __init__(self, entry: Entry, ledger: Ledger, count: Callable[[], int], output: int):
+        self._entry = entry
+        self._ledger = ledger
+        self._count = count
+        self._output = output
+        self.tokens = 0.0
+        self.cost = 0.0
+        self.bounded = False
+
+    def take(self, prompt: int, *, bounded: bool) -> None:
+        self.tokens = prompt + self._output
+        self.cost = self._ledger._cost(self._entry, prompt, self._output, 0)
+        self.bounded = bounded
+
+    def count(self) -> None:
+        self.take(self._count(), bounded=False)
+
+
 class Ledger:
     def __init__(
         self,
@@ -154,8 +178,9 @@ class Ledger:
         the output allowed. While every subject charged is far from its limits
         (``ROOM_FACTOR``), ``prompt_ceiling`` (a proven upper bound, no tokenising) stands in
         for the count: reserving more than the exact estimate can only admit less, the
-        settle replaces it with the real usage, and a key that turns the ceiling down is
-        asked again with the exact count, so the ceiling never causes a 429 of its own.
+        settle replaces it with the real usage, and a subject that turns the ceiling down
+        is asked again with the exact count before any 429 or wait, so the ceiling never
+        refuses or delays a request by itself.
         """
         if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
             return  # the common case without keys: nothing to build per request
@@ -164,51 +189,65 @@ class Ledger:
         if key_limits is None and deployment_limits is None:
             return
         deployment = f"deployment:{entry.deployment}"
-        tokens = cost = 0.0
         output = self._default_output if max_tokens is None else max_tokens
-        bounded = False
+        estimate = _Estimate(entry, self, prompt_tokens, output)
         if _charges(key_limits) or _charges(deployment_limits):
             ceiling = prompt_ceiling() if prompt_ceiling is not None else None
             if ceiling is not None:
-                tokens = ceiling + output
-                cost = self._cost(entry, ceiling, output, 0)
-                bounded = (
+                estimate.take(ceiling, bounded=True)
+                roomy = (
                     key_limits is None
                     or entry.record is None
-                    or self._roomy(entry.record.token_hash, key_limits, tokens, cost)
+                    or self._roomy(entry.record.token_hash, key_limits, estimate)
                 ) and (
                     deployment_limits is None
-                    or self._roomy(deployment, deployment_limits, tokens, cost)
+                    or self._roomy(deployment, deployment_limits, estimate)
                 )
-            if not bounded:
-                prompt = prompt_tokens()
-                tokens = prompt + output
-                cost = self._cost(entry, prompt, output, 0)
+                if not roomy:
+                    estimate.count()
+            else:
+                estimate.count()
         if key_limits is not None and entry.record is not None:
             subject = entry.record.token_hash
-            try:
-                entry.admission = await self._admit(
-                    entry, subject, key_limits, tokens=tokens, cost=cost, wait=None
-                )
-            except RateLimitedError:
-                self._room.pop(subject, None)
-                if not bounded:
-                    raise
-                bounded = False  # the ceiling may be what did not fit: ask with the count
-                prompt = prompt_tokens()
-                tokens = prompt + output
-                cost = self._cost(entry, prompt, output, 0)
-                entry.admission = await self._admit(
-                    entry, subject, key_limits, tokens=tokens, cost=cost, wait=None
-                )
+            entry.admission = await self._admit(entry, subject, key_limits, estimate, wait=None)
             self._note_room(subject, key_limits, entry.admission)
         if deployment_limits is not None:
             entry.deployment_admission = await self._admit(
-                entry, deployment, deployment_limits, tokens=tokens, cost=cost, wait=wait
+                entry, deployment, deployment_limits, estimate, wait=wait
             )
             self._note_room(deployment, deployment_limits, entry.deployment_admission)
 
-    def _roomy(self, subject: str, limits: Limits, tokens: float, cost: float) -> bool:
+    async def _admit(
+        self,
+        entry: Entry,
+        subject: str,
+        limits: Limits,
+        estimate: _Estimate,
+        *,
+        wait: Callable[[float], Awaitable[None]] | None,
+    ) -> Admission:
+        assert self._limiter is not None
+        while True:
+            try:
+                return await self._limiter.admit(
+                    subject,
+                    limits,
+                    estimated_tokens=int(estimate.tokens),
+                    estimated_cost=estimate.cost,
+                    request_id=entry.request_id,
+                )
+            except RateLimitedError as exc:
+                self._room.pop(subject, None)
+                if estimate.bounded:
+                    estimate.count()  # the ceiling may be what did not fit
+                    continue
+                # A deployment at its rpm/tpm: wait for its window in the fair queue
+                # (which raises a 429 itself when the wait would be too long).
+                if wait is None or exc.retry_after is None:
+                    raise
+                await wait(exc.retry_after)
+
+    def _roomy(self, subject: str, limits: Limits, estimate: _Estimate) -> bool:
         """Whether ``subject`` had ``ROOM_FACTOR`` times this estimate left when last seen."""
         if not _charges(limits):
             return True
@@ -216,9 +255,9 @@ class Ledger:
         if room is None:
             return False
         tokens_left, usd_left = room
-        if limits.tpm_limit is not None and tokens * ROOM_FACTOR > tokens_left:
+        if limits.tpm_limit is not None and estimate.tokens * ROOM_FACTOR > tokens_left:
             return False
-        return limits.max_budget is None or cost * ROOM_FACTOR <= usd_left
+        return limits.max_budget is None or estimate.cost * ROOM_FACTOR <= usd_left
 
     def _note_room(self, subject: str, limits: Limits, admission: Admission) -> None:
         if not _charges(limits):
@@ -229,33 +268,6 @@ class Ledger:
         if limits.max_budget is not None:
             usd_left = limits.max_budget - admission.committed_nano / NANO_PER_USD
         self._room[subject] = (float(admission.remaining_tokens), usd_left)
-
-    async def _admit(
-        self,
-        entry: Entry,
-        subject: str,
-        limits: Limits,
-        *,
-        tokens: float,
-        cost: float,
-        wait: Callable[[float], Awaitable[None]] | None,
-    ) -> Admission:
-        assert self._limiter is not None
-        while True:
-            try:
-                return await self._limiter.admit(
-                    subject,
-                    limits,
-                    estimated_tokens=int(tokens),
-                    estimated_cost=cost,
-                    request_id=entry.request_id,
-                )
-            except RateLimitedError as exc:
-                # A deployment at its rpm/tpm: wait for its window in the fair queue
-                # (which raises a 429 itself when the wait would be too long).
-                if wait is None or exc.retry_after is None:
-                    raise
-                await wait(exc.retry_after)
 
     def close(
         self,

@@ -187,3 +187,36 @@ async def test_without_a_ceiling_the_prompt_is_always_counted() -> None:
             prompt_ceiling=lambda: None,
         )
     assert count.calls == 3
+
+
+async def test_a_deployment_that_turns_the_ceiling_down_is_asked_again_before_any_wait() -> None:
+    limiter = LocalLimiter()
+    ledger = Ledger(limiter, None, PriceTable({}))
+    limits = Limits(tpm_limit=100_000)
+    count = _Counter(40)
+    waits: list[float] = []
+
+    async def wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def admit(request_id: str) -> Entry:
+        entry = _entry(request_id, limits)
+        await ledger.admit(
+            entry, prompt_tokens=count, max_tokens=10, wait=wait, prompt_ceiling=lambda: 300
+        )
+        return entry
+
+    await admit("a")
+    second = await admit("b")
+    assert count.calls == 1  # roomy: the ceiling
+    assert second.deployment_admission is not None
+    assert second.deployment_admission.tokens == 310
+    # Elsewhere the deployment is used up to 200 tokens: the ceiling no longer fits.
+    used = 100_000 - 50 - 310 - 200
+    await limiter.admit(
+        "deployment:m/openai/x", limits, estimated_tokens=used, estimated_cost=0, request_id="x"
+    )
+    third = await admit("c")
+    assert count.calls == 2 and not waits
+    assert third.deployment_admission is not None
+    assert third.deployment_admission.tokens == 50
