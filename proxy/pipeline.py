@@ -530,10 +530,10 @@ class Pipeline:
                 return dep.adapter.build_request(req, dep.params, dep.urls[op], dep.headers), None
 
             # Let the other requests ready in this pass of the event loop reach this point
-            # too before any goes upstream. Under load that runs each stage for many
-            # requests in a row; one worker's throughput rose ~8% in the core and ~35% with
-            # a key, limits and usage (bench/README.md, "A pass of the loop before going
-            # upstream"). Unloaded it costs one loop pass, a few µs.
+            # too before any goes upstream: under load each stage then runs for many
+            # requests in a row. One worker's throughput rose ~11% in the core and ~16% with
+            # a key, in-process limits and usage (bench/README.md, "Keys again: the
+            # prompt's ceiling, ..."). Unloaded it costs one loop pass, a few µs.
             await asyncio.sleep(0)
             try:
                 exchange, _ = await self._send(
