@@ -188,7 +188,7 @@ class Ledger:
         deployment_limits = entry.deployment_limits
         if key_limits is None and deployment_limits is None:
             return
-        deployment = f"deployment:{entry.deployment}"
+        deployment = "" if deployment_limits is None else f"deployment:{entry.deployment}"
         output = self._default_output if max_tokens is None else max_tokens
         estimate = _Estimate(entry, self, prompt_tokens, output)
         if _charges(key_limits) or _charges(deployment_limits):
