@@ -80,6 +80,11 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     replicas: int = 1  # processes sharing the limits (pods x workers), for local_share
     lease_ttl_seconds: float = 600.0
     token_rate_limit_type: Literal["input", "output", "total"] = "total"
+    # While a subject is far from its limits (each allotment at most 1/10 of what is left),
+    # each process takes room for up to this many requests from Redis in one call and admits
+    # them itself for up to allotment_seconds; 0 or 1: every request is counted in Redis.
+    allotment_size: int = 100
+    allotment_seconds: float = 1.0
     default_output_tokens: int = 1024  # TPM/budget estimate when a request sets no max_tokens
 
 
@@ -726,6 +731,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("router.timeout: must be positive")
     if settings.limits.replicas < 1:
         raise ConfigError("limits.replicas: expected at least 1")
+    if settings.limits.allotment_size < 0:
+        raise ConfigError("limits.allotment_size: expected 0 or more")
+    if not 0 < settings.limits.allotment_seconds <= 10:
+        raise ConfigError("limits.allotment_seconds: expected above 0 and at most 10")
     u = settings.usage
     if u.retention_days is not None and u.retention_days < 1:
         raise ConfigError("usage.retention_days: expected at least 1 (or null to keep forever)")

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 from proxy.errors import BudgetExceededError, RateLimitedError
 from proxy.limits.settings import TokenCounting
 
+if TYPE_CHECKING:
+    from proxy.limits.allotment import Allotment
+
 NANO_PER_USD = 1_000_000_000
-Backend = Literal["redis", "local", "open"]
+Backend = Literal["redis", "local", "open", "allotment"]
 LimitKind = Literal["requests", "tokens", "parallel_requests", "budget"]
 
 
@@ -104,6 +107,10 @@ class Admission:
     reset_tokens: float = 0.0
     committed_nano: int = 0  # budget window's spend + reservations after this admission
     done: bool = False  # settled or released: a second call does nothing
+    # An allotment's own admission (backend "redis"): the requests it stands for; at its
+    # finish, the requests handed out from it. 0 for one request.
+    requests: int = 0
+    allotment: Allotment | None = None  # backend "allotment": the allotment it came from
 
     def headers(self) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers for the limits this subject has."""

@@ -1,7 +1,11 @@
 """``RateLimiter``: limits shared by every replica through Redis, with an explicit plan B.
 
 Per admission: a denial cached in-process (``subject`` denied until T) rejects without a
-round trip; otherwise one EVALSHA checks and takes everything (scripts.py). When Redis fails
+round trip; an open allotment of the subject (allotment.py) admits without one; otherwise
+one EVALSHA checks and takes everything (scripts.py), and may grant a new allotment. One
+allotment is asked for per subject at a time: requests arriving meanwhile wait for that
+answer instead of each asking Redis. A subject whose last ask found no room is counted one
+request per call until ``allotment_seconds`` have passed. When Redis fails
 or is slower than ``timeout_ms`` the circuit breaker opens and, until its background probe
 gets an answer, ``failure_policy`` decides without touching the network:
 
@@ -29,6 +33,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from proxy.errors import ServiceUnavailableError
+from proxy.limits.allotment import Allotment
 from proxy.limits.breaker import CircuitBreaker
 from proxy.limits.local import LocalLimiter
 from proxy.limits.model import (
@@ -39,6 +44,7 @@ from proxy.limits.model import (
     check_request,
     counted_tokens,
     denial,
+    to_nano,
 )
 from proxy.limits.redis_counters import Denied, LimiterUnavailableError, RedisCounters
 from proxy.limits.resp import RespClient, RespReplyError
@@ -70,7 +76,14 @@ class RateLimiter:
             key_prefix=settings.key_prefix,
             lease_ttl_seconds=settings.lease_ttl_seconds,
             window_seconds=window_seconds,
+            allotment_seconds=settings.allotment_seconds,
         )
+        self._allotment_size = settings.allotment_size if settings.allotment_size > 1 else 0
+        self._allotment_seconds = settings.allotment_seconds
+        self._allotments: dict[str, Allotment] = {}  # subject -> the one it admits from
+        self._unfinished: set[Allotment] = set()  # granted, their FINISH not sent yet
+        self._asking: dict[str, asyncio.Task[Admission | Denied]] = {}  # subject -> its ask
+        self._one_by_one: dict[str, float] = {}  # subject -> no allotment asked before then
         self._local = LocalLimiter(
             lease_ttl_seconds=settings.lease_ttl_seconds,
             token_rate_limit_type=settings.token_rate_limit_type,
@@ -124,24 +137,141 @@ class RateLimiter:
             if left > 0 and blocked.limits == limits:
                 raise denial(blocked.kind, limits, left)
             del self._blocked[subject]
+        if self._allotment_size and limits.max_parallel_requests is None:
+            tokens = estimated_tokens if limits.tpm_limit is not None else 0
+            cost = to_nano(estimated_cost) if limits.max_budget is not None else 0
+            now = time.monotonic()
+            allotment = self._allotments.get(subject)
+            if allotment is not None:
+                admission = allotment.take(request_id, limits, tokens, cost, now)
+                if admission is not None:
+                    return admission
+                self._close(subject, allotment)
+            if self._breaker.healthy and self._one_by_one.get(subject, 0.0) <= now:
+                asking = self._asking.get(subject)
+                if asking is None:
+                    return await self._ask(
+                        subject, limits, estimated_tokens, estimated_cost, request_id
+                    )
+                await asyncio.wait((asking,))  # its answer may leave room for this one too
+                allotment = self._allotments.get(subject)
+                if allotment is not None:
+                    now = time.monotonic()
+                    admission = allotment.take(request_id, limits, tokens, cost, now)
+                    if admission is not None:
+                        return admission
+        return await self._one(subject, limits, estimated_tokens, estimated_cost, request_id)
+
+    async def _one(
+        self, subject: str, limits: Limits, tokens: int, cost: float, request_id: str
+    ) -> Admission:
+        """One request counted in Redis on its own (or by the failure policy)."""
         if self._breaker.healthy:
             try:
                 result = await self._counters.admit(
                     subject,
                     limits,
-                    estimated_tokens=estimated_tokens,
-                    estimated_cost=estimated_cost,
+                    estimated_tokens=tokens,
+                    estimated_cost=cost,
                     request_id=request_id,
                 )
             except LimiterUnavailableError:
                 self._breaker.trip()
             else:
-                if isinstance(result, Admission):
-                    if limits.max_budget is not None:
-                        self._committed[subject] = (result.budget_window, result.committed_nano)
-                    return result
-                raise self._deny(subject, limits, result)
-        return self._fallback(subject, limits, estimated_tokens, estimated_cost, request_id)
+                return self._admitted(subject, limits, result)
+        return self._fallback(subject, limits, tokens, cost, request_id)
+
+    def _admitted(self, subject: str, limits: Limits, result: Admission | Denied) -> Admission:
+        if isinstance(result, Admission):
+            if limits.max_budget is not None:
+                self._committed[subject] = (result.budget_window, result.committed_nano)
+            return result
+        raise self._deny(subject, limits, result)
+
+    async def _ask(
+        self, subject: str, limits: Limits, tokens: int, cost: float, request_id: str
+    ) -> Admission:
+        """Admit this request, asking for an allotment with it. The ask runs as a task of its
+        own, so an allotment granted after this request was cancelled is still kept."""
+        asking = asyncio.ensure_future(self._grant(subject, limits, tokens, cost, request_id))
+        self._asking[subject] = asking
+        try:
+            result = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            asking.add_done_callback(self._abandoned)
+            raise
+        except LimiterUnavailableError:
+            self._breaker.trip()
+            return self._fallback(subject, limits, tokens, cost, request_id)
+        return self._admitted(subject, limits, result)
+
+    async def _grant(
+        self, subject: str, limits: Limits, tokens: int, cost: float, request_id: str
+    ) -> Admission | Denied:
+        asked = time.monotonic()
+        try:
+            result = await self._counters.admit(
+                subject,
+                limits,
+                estimated_tokens=tokens,
+                estimated_cost=cost,
+                request_id=request_id,
+                allotment=self._allotment_size,
+            )
+        finally:
+            if self._asking.get(subject) is asyncio.current_task():
+                del self._asking[subject]
+        if isinstance(result, Denied) or not result.requests:
+            if len(self._one_by_one) >= _MAX_BLOCKED:
+                self._one_by_one.clear()
+            self._one_by_one[subject] = asked + self._allotment_seconds
+            return result
+        # Admitting stops before Redis's clock passes the allotment's date (asked + seconds
+        # here is no later than Redis's now + seconds) and before its budget window ends.
+        deadline = asked + self._allotment_seconds
+        _, window_end = limits.budget_window(time.time())
+        if window_end is not None:
+            deadline = min(deadline, asked + window_end / 1000 - time.time())
+        allotment = Allotment(result, deadline)
+        self._allotments[subject] = allotment
+        self._unfinished.add(allotment)
+        asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()), self._close, subject, allotment
+        )
+        if limits.max_budget is not None:
+            self._committed[subject] = (result.budget_window, result.committed_nano)
+        mine = allotment.take(
+            request_id,
+            limits,
+            result.tokens // result.requests,
+            result.cost_nano // result.requests,
+            asked,  # as of when Redis granted it, which counted this request in it
+        )
+        assert mine is not None  # granted for n >= 2 requests like this one
+        return mine
+
+    def _abandoned(self, asking: asyncio.Task[Admission | Denied]) -> None:
+        """The request that asked was cancelled: give back what it was admitted with."""
+        if not asking.cancelled() and asking.exception() is None:
+            result = asking.result()
+            if isinstance(result, Admission):
+                self.release(result)
+
+    def _close(self, subject: str, allotment: Allotment) -> None:
+        """No more admissions from ``allotment``; its FINISH goes once nothing is in flight."""
+        if allotment.closed:
+            return
+        allotment.closed = True
+        if self._allotments.get(subject) is allotment:
+            del self._allotments[subject]
+        if allotment.inflight == 0:
+            self._finish_allotment(allotment)
+
+    def _finish_allotment(self, allotment: Allotment) -> None:
+        self._unfinished.discard(allotment)
+        record = allotment.record
+        record.requests, tokens, cost = allotment.used()
+        self._finish(record, tokens, cost)
 
     def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
         """Swap the reservations for the actual use; returns at once (see the docstring)."""
@@ -162,6 +292,10 @@ class RateLimiter:
             return False
         if admission.backend == "local":
             return await self._local.renew(admission)
+        if admission.allotment is not None:
+            admission = admission.allotment.record  # the lease is the allotment's
+            if admission.done:
+                return False
         if admission.backend == "open" or not admission.limits.leased:
             return True
         if self._breaker.healthy:
@@ -172,6 +306,10 @@ class RateLimiter:
         return True
 
     async def aclose(self) -> None:
+        for subject, allotment in list(self._allotments.items()):
+            self._close(subject, allotment)
+        for allotment in list(self._unfinished):  # requests still in flight: as reserved
+            self._finish_allotment(allotment)
         await self.settled()
         await self._breaker.aclose()
         await self._client.aclose()
@@ -214,6 +352,11 @@ class RateLimiter:
             self._local.finish(admission, tokens, cost)
             return
         admission.done = True
+        allotment = admission.allotment
+        if allotment is not None:
+            if allotment.settle(admission, tokens, cost) and allotment in self._unfinished:
+                self._finish_allotment(allotment)
+            return
         if admission.backend == "open":
             return
         if not self._breaker.healthy:

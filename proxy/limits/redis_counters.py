@@ -21,6 +21,9 @@ from proxy.limits.resp import RespClient, RespReplyError, RespUnavailableError
 # admitted at its very end can still settle into it.
 _BUDGET_GRACE_MS: Final = 60_000
 _MAX_KEY_NAMES: Final = 100_000  # subjects whose key names are remembered
+# An allotment is granted only while it takes at most 1/ALLOTMENT_ROOM of what is left of
+# every limit, so near a limit each request is counted in Redis on its own.
+ALLOTMENT_ROOM: Final = 10
 
 
 class LimiterUnavailableError(Exception):
@@ -41,8 +44,10 @@ class RedisCounters:
         key_prefix: str,
         lease_ttl_seconds: float,
         window_seconds: float,
+        allotment_seconds: float = 0.0,
     ) -> None:
         self._client = client
+        self._allotment_ms = round(allotment_seconds * 1000)
         self._prefix = key_prefix
         self._lease_ttl_ms = round(lease_ttl_seconds * 1000)
         self._window_ms = round(window_seconds * 1000)
@@ -64,6 +69,8 @@ class RedisCounters:
             base + "lease",
             base + "res",
             f"{base}budget:{budget_window}",
+            base + "weight",
+            base + "weights",
         ]
         if len(self._keys) >= _MAX_KEY_NAMES:
             self._keys.clear()
@@ -78,7 +85,10 @@ class RedisCounters:
         estimated_tokens: int,
         estimated_cost: float,
         request_id: str,
+        allotment: int = 0,
     ) -> Admission | Denied:
+        """One request's admission or, when ``allotment`` > 1 and there is room for it, an
+        allotment of up to that many requests like it (``Admission.requests`` > 0)."""
         now = time.time()
         start, end = limits.budget_window(now)
         tokens = estimated_tokens if limits.tpm_limit is not None else 0
@@ -95,6 +105,10 @@ class RedisCounters:
             cost,
             start,
             self._budget_expiry(end),
+            allotment,
+            allotment_id(request_id),
+            ALLOTMENT_ROOM,
+            self._allotment_ms,
         )
         reply = await self._call(self._admit, self.keys(subject, start), args)
         if reply[0] == 0:
@@ -105,7 +119,14 @@ class RedisCounters:
                 block = (until_end or 60.0) if reply[3] > 0 else None
                 return Denied(kind, until_end, block)
             return Denied(kind, reply[2] / 1000, reply[3] / 1000 if reply[3] >= 0 else None)
-        _, count, used, reset_ms, committed = reply
+        requests = 0
+        if reply[0] == 2:  # an allotment: its own entry stands for ``requests`` requests
+            _, count, used, reset_ms, committed, requests = reply
+            request_id = allotment_id(request_id)
+            tokens *= requests
+            cost *= requests
+        else:
+            _, count, used, reset_ms, committed = reply
         return Admission(
             subject,
             request_id,
@@ -119,6 +140,7 @@ class RedisCounters:
             reset_requests=reset_ms / 1000,
             reset_tokens=reset_ms / 1000,
             committed_nano=committed,
+            requests=requests,
         )
 
     async def finish(self, admission: Admission, tokens: int, cost: int) -> None:
@@ -144,6 +166,7 @@ class RedisCounters:
             int(limits.leased),
             int(limits.max_budget is not None),
             self._budget_expiry(end),
+            admission.requests,
         )
         return self.keys(admission.subject, admission.budget_window), args
 
@@ -166,6 +189,11 @@ class RedisCounters:
             return await self._client.evalsha(sha, keys, args)
         except (RespUnavailableError, RespReplyError) as exc:
             raise LimiterUnavailableError(str(exc)) from exc
+
+
+def allotment_id(request_id: str) -> str:
+    """The member an allotment made for ``request_id`` has in the subject's structures."""
+    return "a:" + request_id
 
 
 def _or_none(limit: int | None) -> int:

@@ -8,6 +8,14 @@ Keys of one subject share the hash tag ``{subject}`` (one Redis Cluster slot)::
     <prefix>{s}:lease           zset  request id -> lease expiry (ms): in-flight requests
     <prefix>{s}:res             hash  request id -> "<budget window start> <reserved nano-USD>"
     <prefix>{s}:budget:<start>  hash  s = spend, r = reserved (nano-USD) of one budget window
+    <prefix>{s}:weight          hash  allotment id -> requests it stands for beyond its own entry
+    <prefix>{s}:weights         int   sum of :weight
+
+An allotment is quota one process takes at once and hands out itself (rate_limiter.py): one
+entry in each structure standing for up to n requests, dated ``grant_ms`` ahead (the last
+moment the process may admit from it), so it stays in the window at least as long as any
+request admitted from it. It is only granted while n requests take at most 1/``room`` of
+what is left, so near a limit every request is counted here one by one as before.
 
 Exactness: the window is the set of admissions of the last ``window`` ms by Redis's clock
 (``TIME``, one clock for every replica), so at most ``rpm_limit`` requests and ``tpm_limit``
@@ -26,13 +34,15 @@ local id, window = ARGV[1], tonumber(ARGV[2])
 local rpm, tpm, est = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local par, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local budget, cost, wstart, expire_at = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local most, room = tonumber(ARGV[12]), tonumber(ARGV[14])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local windowed, leased = rpm >= 0 or tpm >= 0, par >= 0 or budget >= 0
 
-local count, used = 0, 0
+local count, used, weights = 0, 0, 0
 if windowed then
-  -- Admissions older than the window leave it, with the tokens they charged.
+  -- Admissions older than the window leave it, with the tokens and requests they charged.
+  weights = tonumber(redis.call('GET', KEYS[8]) or '0')
   local cutoff = now - window
   while true do
     local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, 500)
@@ -44,8 +54,18 @@ if windowed then
     redis.call('ZREM', KEYS[1], unpack(old))
     redis.call('HDEL', KEYS[2], unpack(old))
     if freed ~= 0 then redis.call('DECRBY', KEYS[3], int(freed)) end
+    if weights > 0 then
+      local left = 0
+      for _, n in ipairs(redis.call('HMGET', KEYS[7], unpack(old))) do
+        left = left + (tonumber(n) or 0)
+      end
+      if left ~= 0 then
+        redis.call('HDEL', KEYS[7], unpack(old))
+        weights = tonumber(redis.call('DECRBY', KEYS[8], int(left)))
+      end
+    end
   end
-  count = redis.call('ZCARD', KEYS[1])
+  count = redis.call('ZCARD', KEYS[1]) + weights
   used = tonumber(redis.call('GET', KEYS[3]) or '0')
 end
 
@@ -79,9 +99,20 @@ local function oldest_reset()
   return tonumber(e[2]) + window - now
 end
 if rpm >= 0 and count + 1 > rpm then
-  local e = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
   local retry = window
-  if #e > 0 then retry = tonumber(e[2]) + window - now end
+  if weights == 0 then
+    local e = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+    if #e > 0 then retry = tonumber(e[2]) + window - now end
+  else
+    -- Walk the oldest entries, allotments counting their weight (bounded; a hint).
+    local excess = count + 1 - rpm
+    local e = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
+    for i = 1, #e, 2 do
+      excess = excess - 1 - tonumber(redis.call('HGET', KEYS[7], e[i]) or '0')
+      retry = tonumber(e[i + 1]) + window - now
+      if excess <= 0 then break end
+    end
+  end
   return {0, 'requests', retry, retry}
 end
 if tpm >= 0 and used + est > tpm then
@@ -107,6 +138,44 @@ if budget >= 0 and committed + cost > budget then
   return {0, 'budget', -1, block}
 end
 
+-- An allotment: as many requests like this one as fit in 1/room of what is left, up to most.
+if most > 1 and par < 0 then
+  local n = most
+  if rpm >= 0 then n = math.min(n, math.floor((rpm - count) / room)) end
+  if tpm >= 0 and est > 0 then n = math.min(n, math.floor((tpm - used) / (room * est))) end
+  if budget >= 0 and cost > 0 then
+    n = math.min(n, math.floor((budget - committed) / (room * cost)))
+  end
+  if n > 1 then
+    local gid, last = ARGV[13], now + tonumber(ARGV[15])
+    local tokens, money = int(n * est), int(n * cost)
+    if windowed then
+      redis.call('ZADD', KEYS[1], last, gid)
+      redis.call('HSET', KEYS[7], gid, int(n - 1))
+      redis.call('INCRBY', KEYS[8], int(n - 1))
+      if tpm >= 0 and est > 0 then
+        redis.call('HSET', KEYS[2], gid, tokens)
+        redis.call('INCRBY', KEYS[3], tokens)
+        used = used + n * est
+      end
+      for _, i in ipairs({1, 2, 3, 7, 8}) do
+        redis.call('PEXPIRE', KEYS[i], last - now + window + 1000)
+      end
+      count = count + n
+    end
+    if budget >= 0 then
+      redis.call('ZADD', KEYS[4], now + ttl, gid)
+      redis.call('PEXPIRE', KEYS[4], ttl + 60000)
+      redis.call('HSET', KEYS[5], gid, wstart .. ' ' .. money)
+      redis.call('PEXPIRE', KEYS[5], ttl + 60000)
+      redis.call('HINCRBY', KEYS[6], 'r', money)
+      if expire_at ~= '0' then redis.call('PEXPIREAT', KEYS[6], expire_at) end
+      committed = committed + n * cost
+    end
+    return {2, count, used, oldest_reset(), committed, n}
+  end
+end
+
 -- Take everything.
 if windowed then
   redis.call('ZADD', KEYS[1], now, id)
@@ -115,7 +184,7 @@ if windowed then
     redis.call('INCRBY', KEYS[3], ARGV[5])
     used = used + est
   end
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window + 1000) end
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window + 1000 + tonumber(ARGV[15])) end
   count = count + 1
 end
 if leased then
@@ -132,17 +201,28 @@ end
 return {1, count, used, oldest_reset(), committed}
 """
 
-# Settle (actual use) and release (ARGV[2] = ARGV[3] = 0) of one admission. KEYS as ADMIT,
+# Settle (actual use) and release (ARGV[2] = ARGV[3] = 0) of one admission, or of an
+# allotment (ARGV[8] = the requests admitted from it, 0 for one request). KEYS as ADMIT,
 # KEYS[6] being the admission's own budget window.
 FINISH = """
-local id, tokens = ARGV[1], tonumber(ARGV[2])
-if ARGV[4] == '1' and redis.call('ZSCORE', KEYS[1], id) then
+local id, tokens, requests = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[8])
+local inside = (ARGV[4] == '1' or requests > 0) and redis.call('ZSCORE', KEYS[1], id)
+if ARGV[4] == '1' and inside then
   -- Still in the window: the actual tokens replace the reservation.
   local before = tonumber(redis.call('HGET', KEYS[2], id) or '0')
   if tokens ~= before then
     if tokens > 0 then redis.call('HSET', KEYS[2], id, ARGV[2])
     else redis.call('HDEL', KEYS[2], id) end
     redis.call('INCRBY', KEYS[3], string.format('%d', tokens - before))
+  end
+end
+if requests > 0 and inside then
+  -- The requests an allotment did not hand out leave the window.
+  local before = tonumber(redis.call('HGET', KEYS[7], id) or '0')
+  if requests - 1 ~= before then
+    if requests > 1 then redis.call('HSET', KEYS[7], id, requests - 1)
+    else redis.call('HDEL', KEYS[7], id) end
+    redis.call('INCRBY', KEYS[8], requests - 1 - before)
   end
 end
 if ARGV[5] == '1' then

@@ -29,6 +29,11 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the replica that took them crashed; renew() extends it for long streams.
     lease_ttl_seconds: float = 600.0
     token_rate_limit_type: TokenCounting = "total"
+    # While a subject is far from its limits (each allotment at most 1/10 of what is left),
+    # each process takes room for up to this many requests from Redis in one call and admits
+    # them itself for up to allotment_seconds; 0 or 1: every request is counted in Redis.
+    allotment_size: int = 100
+    allotment_seconds: float = 1.0
     # While degraded, how often a background task asks Redis whether it is back.
     probe_interval_seconds: float = 1.0
 
@@ -40,5 +45,9 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("limits.replicas: must be at least 1")
         if self.lease_ttl_seconds <= 0:
             raise ValueError("limits.lease_ttl_seconds: must be positive")
+        if self.allotment_size < 0:
+            raise ValueError("limits.allotment_size: must not be negative")
+        if not 0 < self.allotment_seconds <= 10:
+            raise ValueError("limits.allotment_seconds: must be above 0 and at most 10")
         if self.probe_interval_seconds <= 0:
             raise ValueError("limits.probe_interval_seconds: must be positive")

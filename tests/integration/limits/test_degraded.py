@@ -15,8 +15,9 @@ from tests.integration.limits.polling import eventually
 
 
 def settings(url: str, key_prefix: str, **options: Any) -> LimitsSettings:
-    """Limiter settings for fault tests: 100 ms timeout, probe every 100 ms."""
-    fast: dict[str, Any] = {"timeout_ms": 100, "probe_interval_seconds": 0.1}
+    """Limiter settings for fault tests: 100 ms timeout, probe every 100 ms, each request
+    counted in Redis on its own (test_allotments.py has the allotments' outages)."""
+    fast: dict[str, Any] = {"timeout_ms": 100, "probe_interval_seconds": 0.1, "allotment_size": 0}
     return LimitsSettings(redis_url=url, key_prefix=key_prefix, **(fast | options))
 
 
