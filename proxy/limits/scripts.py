@@ -217,9 +217,10 @@ if ARGV[4] == '1' and inside then
   end
 end
 if requests > 0 and inside then
-  -- The requests an allotment did not hand out leave the window.
+  -- The requests an allotment did not hand out leave the window (unless its weight has
+  -- already gone, with the keys' expiry: then so has the allotment).
   local before = tonumber(redis.call('HGET', KEYS[7], id) or '0')
-  if requests - 1 ~= before then
+  if before > 0 and requests - 1 ~= before then
     if requests > 1 then redis.call('HSET', KEYS[7], id, requests - 1)
     else redis.call('HDEL', KEYS[7], id) end
     redis.call('INCRBY', KEYS[8], requests - 1 - before)
