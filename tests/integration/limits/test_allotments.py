@@ -293,13 +293,14 @@ async def test_a_finish_after_the_weights_expired_leaves_nothing_behind(
     """An allotment whose weight Redis already expired finishes without recreating it (a
     key without expiry would stay forever)."""
     limiter = make_limiter(allotment_seconds=0.2)
-    admission = await admit(limiter, Limits(rpm_limit=1_000_000))
+    admissions = [await admit(limiter, Limits(rpm_limit=1_000_000)) for _ in range(2)]
     client = aioredis.Redis.from_url(redis_url)
     try:
         await client.delete(
             f"{redis_prefix}{{subject}}:weight", f"{redis_prefix}{{subject}}:weights"
         )
-        limiter.settle(admission, actual_tokens=0, actual_cost=0.0)
+        for admission in admissions:
+            limiter.settle(admission, actual_tokens=0, actual_cost=0.0)
         await asyncio.sleep(0.3)
         await limiter.settled()
         assert not await client.exists(f"{redis_prefix}{{subject}}:weights")
