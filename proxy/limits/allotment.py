@@ -20,7 +20,17 @@ from proxy.limits.model import Admission, Limits
 
 
 class Allotment:
-    __slots__ = ("closed", "cost", "deadline", "inflight", "record", "requests", "tokens")
+    __slots__ = (
+        "closed",
+        "cost",
+        "deadline",
+        "inflight",
+        "low",
+        "record",
+        "renewing",
+        "requests",
+        "tokens",
+    )
 
     def __init__(self, record: Admission, deadline: float) -> None:
         self.record = record  # its own admission in Redis: id, limits, window, reservations
@@ -30,6 +40,8 @@ class Allotment:
         self.cost = record.cost_nano  # budget reservation not taken, nano-USD
         self.inflight = 0
         self.closed = False  # admits nothing more; finished once nothing is in flight
+        self.low = record.requests // 4  # slots left at which the next one is asked for
+        self.renewing = False  # the next one has been asked for
 
     def take(
         self, request_id: str, limits: Limits, tokens: int, cost: int, now: float

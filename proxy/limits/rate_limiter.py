@@ -82,7 +82,7 @@ class RateLimiter:
         self._allotment_seconds = settings.allotment_seconds
         self._allotments: dict[str, Allotment] = {}  # subject -> the one it admits from
         self._unfinished: set[Allotment] = set()  # granted, their FINISH not sent yet
-        self._asking: dict[str, asyncio.Task[Admission | Denied]] = {}  # subject -> its ask
+        self._asking: dict[str, asyncio.Task[Admission | Denied | None]] = {}  # subject -> ask
         self._one_by_one: dict[str, float] = {}  # subject -> no allotment asked before then
         self._local = LocalLimiter(
             lease_ttl_seconds=settings.lease_ttl_seconds,
@@ -145,6 +145,8 @@ class RateLimiter:
             if allotment is not None:
                 admission = allotment.take(request_id, limits, tokens, cost, now)
                 if admission is not None:
+                    if allotment.requests <= allotment.low and not allotment.renewing:
+                        self._ask_ahead(subject, allotment, estimated_tokens, estimated_cost)
                     return admission
                 self._close(subject, allotment)
             if self._breaker.healthy and self._one_by_one.get(subject, 0.0) <= now:
@@ -181,7 +183,10 @@ class RateLimiter:
                 return self._admitted(subject, limits, result)
         return self._fallback(subject, limits, tokens, cost, request_id)
 
-    def _admitted(self, subject: str, limits: Limits, result: Admission | Denied) -> Admission:
+    def _admitted(
+        self, subject: str, limits: Limits, result: Admission | Denied | None
+    ) -> Admission:
+        assert result is not None  # only an ask ahead of need gets no answer
         if isinstance(result, Admission):
             if limits.max_budget is not None:
                 self._committed[subject] = (result.budget_window, result.committed_nano)
@@ -205,9 +210,38 @@ class RateLimiter:
             return self._fallback(subject, limits, tokens, cost, request_id)
         return self._admitted(subject, limits, result)
 
+    def _ask_ahead(self, subject: str, current: Allotment, tokens: int, cost: float) -> None:
+        """The allotment is running low: ask for the next one now, so that the requests
+        arriving when it runs out need not wait for Redis. Nothing is taken without room."""
+        current.renewing = True
+        if subject in self._asking or not self._breaker.healthy:
+            return
+        # Its id in Redis: that of the request that took the allotment's last-but-n slot,
+        # which was admitted here and so has no entry of its own there.
+        request_id = f"{current.record.request_id}+{current.record.requests - current.requests}"
+        ahead = asyncio.ensure_future(
+            self._grant(subject, current.record.limits, tokens, cost, request_id, only=True)
+        )
+        self._asking[subject] = ahead
+        ahead.add_done_callback(self._asked_ahead)
+
+    def _asked_ahead(self, ahead: asyncio.Task[Admission | Denied | None]) -> None:
+        exc = None if ahead.cancelled() else ahead.exception()
+        if isinstance(exc, LimiterUnavailableError):
+            self._breaker.trip()
+        elif exc is not None:
+            log.error("limiter: asking for the next allotment failed", exc_info=exc)
+
     async def _grant(
-        self, subject: str, limits: Limits, tokens: int, cost: float, request_id: str
-    ) -> Admission | Denied:
+        self,
+        subject: str,
+        limits: Limits,
+        tokens: int,
+        cost: float,
+        request_id: str,
+        *,
+        only: bool = False,
+    ) -> Admission | Denied | None:
         asked = time.monotonic()
         try:
             result = await self._counters.admit(
@@ -217,15 +251,16 @@ class RateLimiter:
                 estimated_cost=cost,
                 request_id=request_id,
                 allotment=self._allotment_size,
+                only=only,
             )
         finally:
             if self._asking.get(subject) is asyncio.current_task():
                 del self._asking[subject]
-        if isinstance(result, Denied) or not result.requests:
+        if result is None or isinstance(result, Denied) or not result.requests:
             if len(self._one_by_one) >= _MAX_BLOCKED:
                 self._one_by_one.clear()
             self._one_by_one[subject] = asked + self._allotment_seconds
-            return result
+            return None if only else result
         # Admitting stops before Redis's clock passes the allotment's date (asked + seconds
         # here is no later than Redis's now + seconds) and before its budget window ends.
         deadline = asked + self._allotment_seconds
@@ -233,6 +268,9 @@ class RateLimiter:
         if window_end is not None:
             deadline = min(deadline, asked + window_end / 1000 - time.time())
         allotment = Allotment(result, deadline)
+        previous = self._allotments.get(subject)
+        if previous is not None:
+            self._close(subject, previous)  # what it has not handed out goes back
         self._allotments[subject] = allotment
         self._unfinished.add(allotment)
         asyncio.get_running_loop().call_later(
@@ -240,6 +278,8 @@ class RateLimiter:
         )
         if limits.max_budget is not None:
             self._committed[subject] = (result.budget_window, result.committed_nano)
+        if only:
+            return None
         mine = allotment.take(
             request_id,
             limits,
@@ -250,7 +290,7 @@ class RateLimiter:
         assert mine is not None  # granted for n >= 2 requests like this one
         return mine
 
-    def _abandoned(self, asking: asyncio.Task[Admission | Denied]) -> None:
+    def _abandoned(self, asking: asyncio.Task[Admission | Denied | None]) -> None:
         """The request that asked was cancelled: give back what it was admitted with."""
         if not asking.cancelled() and asking.exception() is None:
             result = asking.result()
@@ -306,6 +346,8 @@ class RateLimiter:
         return True
 
     async def aclose(self) -> None:
+        if self._asking:  # an allotment granted now must be finished below too
+            await asyncio.wait(list(self._asking.values()))
         for subject, allotment in list(self._allotments.items()):
             self._close(subject, allotment)
         for allotment in list(self._unfinished):  # requests still in flight: as reserved

@@ -86,9 +86,11 @@ class RedisCounters:
         estimated_cost: float,
         request_id: str,
         allotment: int = 0,
-    ) -> Admission | Denied:
+        only: bool = False,
+    ) -> Admission | Denied | None:
         """One request's admission or, when ``allotment`` > 1 and there is room for it, an
-        allotment of up to that many requests like it (``Admission.requests`` > 0)."""
+        allotment of up to that many requests like it (``Admission.requests`` > 0). With
+        ``only``, the allotment or nothing: None (or a Denied) when there is no room."""
         now = time.time()
         start, end = limits.budget_window(now)
         tokens = estimated_tokens if limits.tpm_limit is not None else 0
@@ -109,8 +111,11 @@ class RedisCounters:
             allotment_id(request_id),
             ALLOTMENT_ROOM,
             self._allotment_ms,
+            int(only),
         )
         reply = await self._call(self._admit, self.keys(subject, start), args)
+        if reply[0] == 3:
+            return None
         if reply[0] == 0:
             kind: LimitKind = reply[1].decode()
             if kind == "budget":

@@ -15,7 +15,8 @@ An allotment is quota one process takes at once and hands out itself (rate_limit
 entry in each structure standing for up to n requests, dated ``grant_ms`` ahead (the last
 moment the process may admit from it), so it stays in the window at least as long as any
 request admitted from it. It is only granted while n requests take at most 1/``room`` of
-what is left, so near a limit every request is counted here one by one as before.
+what is left, so near a limit every request is counted here one by one as before. Asked
+for alone (``only``, ahead of need), a denial or no room takes nothing.
 
 Exactness: the window is the set of admissions of the last ``window`` ms by Redis's clock
 (``TIME``, one clock for every replica), so at most ``rpm_limit`` requests and ``tpm_limit``
@@ -175,6 +176,8 @@ if most > 1 and par < 0 then
     return {2, count, used, oldest_reset(), committed, n}
   end
 end
+-- Asked for an allotment alone (ahead of need, no request waiting): no room is no answer.
+if ARGV[16] == '1' then return {3} end
 
 -- Take everything.
 if windowed then

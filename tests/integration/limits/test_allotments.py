@@ -306,3 +306,45 @@ async def test_a_finish_after_the_weights_expired_leaves_nothing_behind(
         assert not await client.exists(f"{redis_prefix}{{subject}}:weights")
     finally:
         await client.aclose()
+
+
+async def test_the_next_allotment_is_asked_for_before_this_one_runs_out(
+    make_limiter: MakeLimiter, inspect: Callable[..., Any]
+) -> None:
+    """With a quarter left, the next allotment is asked for; it replaces the first, whose
+    unused slots go back, so Redis ends up counting exactly the requests admitted."""
+    limiter = make_limiter(allotment_seconds=0.3)
+    limits = Limits(rpm_limit=1_000_000)
+    admissions = [await admit(limiter, limits) for _ in range(76)]  # the 75th asks
+    await asyncio.sleep(0.05)  # the ask is answered
+    admissions += [await admit(limiter, limits) for _ in range(4)]
+    assert admissions[0].allotment is admissions[75].allotment
+    assert admissions[0].allotment is not admissions[-1].allotment
+    assert await inspect("zcard", "req") == 2
+    for a in admissions:
+        limiter.settle(a, actual_tokens=0, actual_cost=0.0)
+    await asyncio.sleep(0.4)
+    await limiter.settled()
+    other = make_limiter(allotment_size=0)
+    assert (await admit(other, limits)).remaining_requests == 1_000_000 - 81
+
+
+async def test_an_ask_ahead_without_room_takes_nothing(make_limiter: MakeLimiter) -> None:
+    """Asked for ahead of need while another process has used the room up, the next
+    allotment is refused and nothing is taken; requests then go one by one."""
+    limiter = make_limiter(allotment_seconds=0.5)
+    other = make_limiter(allotment_size=0)
+    limits = Limits(rpm_limit=1_000)
+    first = await admit(limiter, limits)  # an allotment of 100: Redis counts 100
+    assert first.backend == "allotment"
+    for _ in range(885):
+        await admit(other, limits)  # 985 counted: 2 more would be over a tenth of the rest
+    mine = [first, *[await admit(limiter, limits) for _ in range(74)]]  # 25 left: asks
+    await asyncio.sleep(0.05)
+    assert (await admit(other, limits)).remaining_requests == 1_000 - 986  # nothing taken
+    assert {a.backend for a in mine} == {"allotment"}
+    for a in mine:
+        limiter.settle(a, actual_tokens=0, actual_cost=0.0)
+    await asyncio.sleep(0.6)
+    await limiter.settled()
+    assert (await admit(other, limits)).remaining_requests == 1_000 - 885 - 2 - 75
