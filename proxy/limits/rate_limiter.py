@@ -216,8 +216,8 @@ class RateLimiter:
         current.renewing = True
         if subject in self._asking or not self._breaker.healthy:
             return
-        # Its id in Redis: that of the request that took the allotment's last-but-n slot,
-        # which was admitted here and so has no entry of its own there.
+        # Its id in Redis: this allotment's own and how many it has handed out (unique: each
+        # allotment asks ahead once, and no request admitted from it has an entry there).
         request_id = f"{current.record.request_id}+{current.record.requests - current.requests}"
         ahead = asyncio.ensure_future(
             self._grant(subject, current.record.limits, tokens, cost, request_id, only=True)

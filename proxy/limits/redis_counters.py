@@ -108,7 +108,7 @@ class RedisCounters:
             start,
             self._budget_expiry(end),
             allotment,
-            allotment_id(request_id),
+            allotment_id(request_id) if allotment else "",
             ALLOTMENT_ROOM,
             self._allotment_ms,
             int(only),
