@@ -140,67 +140,50 @@ if budget >= 0 and committed + cost > budget then
 end
 
 -- An allotment: as many requests like this one as fit in 1/room of what is left, up to most.
+local n, date = 1, now
 if most > 1 and par < 0 then
-  local n = most
-  if rpm >= 0 then n = math.min(n, math.floor((rpm - count) / room)) end
-  if tpm >= 0 and est > 0 then n = math.min(n, math.floor((tpm - used) / (room * est))) end
+  local fit = most
+  if rpm >= 0 then fit = math.min(fit, math.floor((rpm - count) / room)) end
+  if tpm >= 0 and est > 0 then fit = math.min(fit, math.floor((tpm - used) / (room * est))) end
   if budget >= 0 and cost > 0 then
-    n = math.min(n, math.floor((budget - committed) / (room * cost)))
+    fit = math.min(fit, math.floor((budget - committed) / (room * cost)))
   end
-  if n > 1 then
-    local gid, last = ARGV[13], now + tonumber(ARGV[15])
-    local tokens, money = int(n * est), int(n * cost)
-    if windowed then
-      redis.call('ZADD', KEYS[1], last, gid)
-      redis.call('HSET', KEYS[7], gid, int(n - 1))
-      redis.call('INCRBY', KEYS[8], int(n - 1))
-      if tpm >= 0 and est > 0 then
-        redis.call('HSET', KEYS[2], gid, tokens)
-        redis.call('INCRBY', KEYS[3], tokens)
-        used = used + n * est
-      end
-      for _, i in ipairs({1, 2, 3, 7, 8}) do
-        redis.call('PEXPIRE', KEYS[i], last - now + window + 1000)
-      end
-      count = count + n
-    end
-    if budget >= 0 then
-      redis.call('ZADD', KEYS[4], now + ttl, gid)
-      redis.call('PEXPIRE', KEYS[4], ttl + 60000)
-      redis.call('HSET', KEYS[5], gid, wstart .. ' ' .. money)
-      redis.call('PEXPIRE', KEYS[5], ttl + 60000)
-      redis.call('HINCRBY', KEYS[6], 'r', money)
-      if expire_at ~= '0' then redis.call('PEXPIREAT', KEYS[6], expire_at) end
-      committed = committed + n * cost
-    end
-    return {2, count, used, oldest_reset(), committed, n}
-  end
+  if fit > 1 then n, id, date = fit, ARGV[13], now + tonumber(ARGV[15]) end
 end
 -- Asked for an allotment alone (ahead of need, no request waiting): no room is no answer.
-if ARGV[16] == '1' then return {3} end
+if n == 1 and ARGV[16] == '1' then return {3} end
 
--- Take everything.
+-- Take everything, for n requests (n > 1: one entry, dated at the allotment's last moment).
 if windowed then
-  redis.call('ZADD', KEYS[1], now, id)
-  if tpm >= 0 and est > 0 then
-    redis.call('HSET', KEYS[2], id, ARGV[5])
-    redis.call('INCRBY', KEYS[3], ARGV[5])
-    used = used + est
+  redis.call('ZADD', KEYS[1], date, id)
+  -- Kept until the last entry could leave the window (an allotment's date is ahead).
+  local keep = window + 1000 + tonumber(ARGV[15])
+  if n > 1 then
+    redis.call('HSET', KEYS[7], id, int(n - 1))
+    redis.call('INCRBY', KEYS[8], int(n - 1))
+    redis.call('PEXPIRE', KEYS[7], keep)
+    redis.call('PEXPIRE', KEYS[8], keep)
   end
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], window + 1000 + tonumber(ARGV[15])) end
-  count = count + 1
+  if tpm >= 0 and est > 0 then
+    redis.call('HSET', KEYS[2], id, int(n * est))
+    redis.call('INCRBY', KEYS[3], int(n * est))
+    used = used + n * est
+  end
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], keep) end
+  count = count + n
 end
 if leased then
   redis.call('ZADD', KEYS[4], now + ttl, id)
   redis.call('PEXPIRE', KEYS[4], ttl + 60000)
   if budget >= 0 then
-    redis.call('HSET', KEYS[5], id, wstart .. ' ' .. ARGV[9])
+    redis.call('HSET', KEYS[5], id, wstart .. ' ' .. int(n * cost))
     redis.call('PEXPIRE', KEYS[5], ttl + 60000)
-    redis.call('HINCRBY', KEYS[6], 'r', ARGV[9])
+    redis.call('HINCRBY', KEYS[6], 'r', int(n * cost))
     if expire_at ~= '0' then redis.call('PEXPIREAT', KEYS[6], expire_at) end
-    committed = committed + cost
+    committed = committed + n * cost
   end
 end
+if n > 1 then return {2, count, used, oldest_reset(), committed, n} end
 return {1, count, used, oldest_reset(), committed}
 """
 
