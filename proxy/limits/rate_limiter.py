@@ -276,9 +276,9 @@ class RateLimiter:
         asyncio.get_running_loop().call_later(
             max(0.0, deadline - time.monotonic()), self._close, subject, allotment
         )
-        if limits.max_budget is not None:
-            self._committed[subject] = (result.budget_window, result.committed_nano)
         if only:
+            if limits.max_budget is not None:
+                self._committed[subject] = (result.budget_window, result.committed_nano)
             return None
         mine = allotment.take(
             request_id,
@@ -288,7 +288,7 @@ class RateLimiter:
             asked,  # as of when Redis granted it, which counted this request in it
         )
         assert mine is not None  # granted for n >= 2 requests like this one
-        return mine
+        return mine  # _admitted notes its budget window's commitment
 
     def _abandoned(self, asking: asyncio.Task[Admission | Denied | None]) -> None:
         """The request that asked was cancelled: give back what it was admitted with."""
