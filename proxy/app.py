@@ -33,6 +33,7 @@ from proxy.routing import Router
 from proxy.routing.shared_cooldowns import SharedCooldowns
 from proxy.secrets import MasterKeys
 from proxy.settings import Settings
+from proxy.sighup import release_sighup
 from proxy.store import DatabaseUnavailableError, Store, open_store
 from proxy.upstream import Transport, make_transport
 from proxy.usage.prices import default_prices
@@ -165,7 +166,6 @@ def create_app(settings: Settings) -> Sanic[Any, Any]:
     s = settings.server
     # Worker processes are spawned: each sets up its own logging, like the main process.
     logs.configure_logging(s.log_level, s.log_format)
-    rotation.ignore_sighup()  # until _start puts the worker's own handler in place
     app = Sanic("llm_proxy", error_handler=OpenAIErrorHandler(), configure_logging=False)
     longest = max((m.params.timeout for m in settings.model_list), default=600.0)
     app.config.update(
@@ -244,6 +244,7 @@ def _watch_secrets(app: Sanic[Any, Any], settings: Settings, master_keys: Master
     watcher.check()  # a file changed between loading the settings and this worker's start
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, watcher.reload)
+    release_sighup()  # held since the process started (proxy/sighup.py)
     interval = settings.server.secrets_check_seconds
     if settings.secret_files and interval > 0:
         app.ctx.secrets = asyncio.create_task(watcher.run(interval))

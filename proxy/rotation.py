@@ -24,10 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Protocol, runtime_checkable
@@ -185,23 +182,3 @@ class Rotation:
                 "(their open connections stay authenticated)",
                 file.name,
             )
-
-
-def ignore_sighup() -> None:
-    """Until a worker's handler is in place, SIGHUP must not end the process (its default)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def sighup_forwarder(worker_pids: Callable[[], Iterable[int]]) -> Callable[[int, object], None]:
-    """The worker manager's SIGHUP handler: each worker process re-reads its secrets.
-
-    Only the workers: the manager's helper processes (multiprocessing's) would die of it.
-    """
-
-    def forward(signum: int, frame: object) -> None:
-        for pid in worker_pids():
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
-
-    return forward

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from proxy.logs import configure_logging
 from proxy.settings import Settings
+from proxy.sighup import hold_sighup, start_sighup_forwarder
 
 if TYPE_CHECKING:
     from sanic import Sanic
@@ -38,6 +38,7 @@ def _multiprocess_dir() -> str:
 
 
 def serve(settings: Settings) -> None:
+    hold_sighup()  # before any thread or worker exists: see proxy/sighup.py
     s = settings.server
     configure_logging(s.log_level, s.log_format)
     workers = s.workers or os.cpu_count() or 1
@@ -56,18 +57,7 @@ def serve(settings: Settings) -> None:
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     if workers > 1:
-        from proxy.rotation import sighup_forwarder
-
-        # The manager holds no secrets of its own: SIGHUP goes on to the workers. Until the
-        # manager is up it is ignored, which multiprocessing's helper processes inherit (a
-        # SIGHUP to the whole process group must not end them).
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        forward = sighup_forwarder(partial(_worker_pids, app))
-
-        def _forward_sighup(_: Sanic[Any, Any]) -> None:
-            signal.signal(signal.SIGHUP, forward)
-
-        app.main_process_ready(_forward_sighup)
+        start_sighup_forwarder(partial(_worker_pids, app))
     app.prepare(
         host=s.host,
         port=s.port,

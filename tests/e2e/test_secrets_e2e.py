@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,42 @@ def test_sighup_rotates_master_and_provider_keys(
         assert server.process.returncode is None  # SIGHUP did not end any process
         status, _ = server.get("/ready")
         assert status == 200
+
+
+def test_sighup_while_workers_start_is_held_not_fatal(tmp_path: Path) -> None:
+    """SIGHUPs from the moment the manager runs, through the workers' imports: none ends one.
+
+    A worker holds a SIGHUP that arrives before its handler is in place (its default action
+    would end it, leaving the manager with no workers), then re-reads its secrets.
+    """
+    master = _write(tmp_path / "master", "sk-master-one")
+    config: dict[str, Any] = {
+        "model_list": [{"model_name": "m", "params": {"model": "mock/m"}}],
+        "server": {"secrets_check_seconds": 0},
+    }
+    env = {"LLM_PROXY_MASTER_KEY_FILE": str(master), "LLM_PROXY_LOG_LEVEL": "info"}
+    with run_proxy(config, workers=2, env=env, ready_timeout=None) as server:
+
+        def logs() -> str:
+            return server.process.stdout_text() + server.process.stderr_text()
+
+        _wait_until(lambda: "llm-proxy listening" in logs())  # SIGHUP is held from here on
+        _write(master, "sk-master-two")
+        deadline = time.monotonic() + 30
+        while logs().count("Worker ready") < 2:
+            assert time.monotonic() < deadline, logs()
+            os.killpg(server.process.pid, signal.SIGHUP)
+            time.sleep(0.02)
+        os.killpg(server.process.pid, signal.SIGHUP)
+        server.wait_ready()
+        assert server.process.returncode is None
+        workers = {int(pid) for pid in re.findall(r"Worker ready \[(\d+)\]", logs())}
+        assert len(workers) == 2
+        for pid in workers:  # alive, not a zombie its manager never noticed
+            assert Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z", logs()
+        for _ in range(6):  # both workers answer some of them
+            assert _models(server, "sk-master-two") == 200
+            assert _models(server, "sk-master-one") == 401
 
 
 def test_changed_file_rotates_without_a_signal(tmp_path: Path) -> None:

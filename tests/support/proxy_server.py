@@ -67,9 +67,12 @@ def run_proxy(
     *,
     workers: int = 1,
     env: Mapping[str, str] | None = None,
-    ready_timeout: float = 30.0,
+    ready_timeout: float | None = 30.0,
 ) -> Iterator[ProxyServer]:
-    """Start ``python -m proxy serve`` with ``config`` on a free port; stop it afterwards."""
+    """Start ``python -m proxy serve`` with ``config`` on a free port; stop it afterwards.
+
+    ``ready_timeout=None`` yields at once, without waiting for ``/ready``.
+    """
     with tempfile.TemporaryDirectory(prefix="llm-proxy-test-") as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(dict(config)))
@@ -96,7 +99,8 @@ def run_proxy(
         proc = start_process(argv, env=child_env)
         server = ProxyServer(proc, port)
         try:
-            server.wait_ready(ready_timeout)
+            if ready_timeout is not None:
+                server.wait_ready(ready_timeout)
             yield server
         finally:
             stop_process(proc, grace=10.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from proxy.rotation import (
     Rotation,
     SecretWatcher,
     master_keys_from,
-    sighup_forwarder,
 )
 from proxy.secrets import MasterKeys, SecretFile
 from proxy.settings import Settings, load_settings
@@ -135,17 +133,6 @@ def test_a_failing_apply_is_retried_later(tmp_path: Path, caplog: pytest.LogCapt
     assert "applying the new value failed" in caplog.text
     assert watcher.reload() == ["K_FILE"]
     assert calls == ["v2", "v2"]
-
-
-def test_sighup_forwarder_signals_each_worker() -> None:
-    """The manager passes SIGHUP to the worker pids it is given (here: itself)."""
-    received: list[int] = []
-    previous = signal.signal(signal.SIGHUP, lambda signum, frame: received.append(signum))
-    try:
-        sighup_forwarder(lambda: [os.getpid()])(signal.SIGHUP, None)
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-    assert received == [signal.SIGHUP]
 
 
 # --------------------------------------------------------------------------- Rotation
