@@ -84,6 +84,16 @@ _AUDIT_INSERT = (
 )
 
 _json_encode = msgspec.json.Encoder().encode
+_rfc3339 = msgspec.to_builtins
+
+# The sqlite3 module binds int, float, str and bytes at once, but looks every other value up
+# as a possible adapter first, and for None and bool that lookup fails through two raised
+# and cleared AttributeErrors: ~0.5 µs a value, ~3 µs of a usage row's ~6 with its five
+# usual NULLs and cache_hit. These two adapters make the lookup a hit; they bind exactly
+# what sqlite3 binds without them (NULL, and a bool as its int). sqlite3's adapters are
+# process-wide, and so are these.
+sqlite3.register_adapter(type(None), lambda value: value)
+sqlite3.register_adapter(bool, int)
 
 
 class SqliteStore:
@@ -393,7 +403,7 @@ _USAGE_TIMES: Final = tuple(
 
 
 def _usage_row(record: UsageRecord) -> list[Any]:
-    """A usage record's column values (the writer's hot loop: ~2 µs, not ~13 with _encode);
+    """A usage record's column values (the writer's hot loop, on the event loop's thread);
     its only non-SQLite types are the two times (and a bool, which SQLite stores as 0/1)."""
     row = list(msgspec.structs.astuple(record))
     for i in _USAGE_TIMES:
@@ -402,10 +412,14 @@ def _usage_row(record: UsageRecord) -> list[Any]:
 
 
 def _time_text(value: datetime) -> str:
-    """The fixed-width UTC text of ``_TIME_FORMAT``, via isoformat (5x faster than strftime)."""
+    """The fixed-width UTC text of ``_TIME_FORMAT``, cut from msgspec's RFC 3339 form
+    ("YYYY-MM-DDTHH:MM:SS[.ffffff]Z"): 0.3 µs, where isoformat takes 1.5 and strftime 7."""
     if value.tzinfo is not UTC:
         value = utc(value)
-    return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+    text: str = _rfc3339(value)
+    if len(text) == 27:
+        return f"{text[:10]} {text[11:26]}"
+    return f"{text[:10]} {text[11:19]}.000000"  # msgspec leaves out a zero fraction
 
 
 def _encode(value: Any) -> Any:

@@ -1,0 +1,54 @@
+"""SqliteStore's own row encoding: what a usage row holds in the file, column by column."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.store import SqliteStore
+from proxy.store.base import utc
+from proxy.store.sqlite import _TIME_FORMAT, _time_text
+from tests.integration.store.factories import T0, usage
+
+
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from(
+        [None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+    ),
+)
+def test_time_text_is_the_fixed_width_utc_format(moment: datetime, zone: timezone | None) -> None:
+    """Any instant, in any zone or naive (taken as UTC), whole seconds included."""
+    value = moment.replace(tzinfo=zone)
+    assert _time_text(value) == utc(value).strftime(_TIME_FORMAT)
+    assert len(_time_text(value)) == 26
+
+
+async def test_usage_row_columns_as_stored(tmp_path: Path) -> None:
+    """NULLs stay NULL, booleans are 0/1, times are fixed-width UTC text with six decimals."""
+    path = str(tmp_path / "proxy.db")
+    store = SqliteStore(path)
+    await store.migrate()
+    whole = T0.replace(microsecond=0)
+    await store.insert_usage(
+        [
+            usage(1, at=whole, cache_hit=True, ttft_ms=None, status=200),
+            usage(2, at=T0 + timedelta(microseconds=7), error_type="timeout", status=504),
+        ]
+    )
+    await store.aclose()
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT request_id, started_at, ended_at, key_alias, ttft_ms, error_type,"
+            " cache_hit, typeof(cache_hit) FROM usage_records ORDER BY request_id"
+        ).fetchall()
+    assert rows == [
+        ("req-1", "2025-03-01 12:00:00.000000", "2025-03-01 12:00:01.000000",
+         None, None, None, 1, "integer"),
+        ("req-2", "2025-03-01 12:00:00.000007", "2025-03-01 12:00:01.000007",
+         None, 120.0, "timeout", 0, "integer"),
+    ]  # fmt: skip
