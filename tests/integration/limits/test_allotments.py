@@ -233,14 +233,14 @@ async def test_requests_leave_the_window_with_their_allotment(make_limiter: Make
     admit (allotment_seconds after it was granted), then leave the window together."""
     limiter = make_limiter(window_seconds=1.0, allotment_seconds=0.5)
     limits = Limits(rpm_limit=1_000)
-    for _ in range(50):  # at t = 0, from one allotment dated t = 0.5
+    for _ in range(40):  # at t = 0, from one allotment dated t = 0.5 (too few to ask ahead)
         limiter.settle(await admit(limiter, limits), actual_tokens=0, actual_cost=0.0)
-    await asyncio.sleep(0.6)  # t = 0.6: closed and finished with 50 requests
+    await asyncio.sleep(0.6)  # t = 0.6: closed and finished with 40 requests
     await limiter.settled()
     other = make_limiter(window_seconds=1.0, allotment_size=0)
-    assert (await admit(other, limits)).remaining_requests == 1_000 - 51
+    assert (await admit(other, limits)).remaining_requests == 1_000 - 41
     await asyncio.sleep(0.55)  # t = 1.15: one window after t = 0, still counted
-    assert (await admit(other, limits)).remaining_requests == 1_000 - 52
+    assert (await admit(other, limits)).remaining_requests == 1_000 - 42
     await asyncio.sleep(0.55)  # t = 1.7: past 0.5 + 1 (and the one at 0.6 is gone too)
     assert (await admit(other, limits)).remaining_requests == 1_000 - 2
 
@@ -311,14 +311,14 @@ async def test_a_finish_after_the_weights_expired_leaves_nothing_behind(
 async def test_the_next_allotment_is_asked_for_before_this_one_runs_out(
     make_limiter: MakeLimiter, inspect: Callable[..., Any]
 ) -> None:
-    """With a quarter left, the next allotment is asked for; it replaces the first, whose
+    """With half left, the next allotment is asked for; it replaces the first, whose
     unused slots go back, so Redis ends up counting exactly the requests admitted."""
     limiter = make_limiter(allotment_seconds=0.3)
     limits = Limits(rpm_limit=1_000_000)
-    admissions = [await admit(limiter, limits) for _ in range(76)]  # the 75th asks
+    admissions = [await admit(limiter, limits) for _ in range(50)]  # the 50th asks
     await asyncio.sleep(0.05)  # the ask is answered
     admissions += [await admit(limiter, limits) for _ in range(4)]
-    assert admissions[0].allotment is admissions[75].allotment
+    assert admissions[0].allotment is admissions[49].allotment
     assert admissions[0].allotment is not admissions[-1].allotment
     assert await inspect("zcard", "req") == 2
     for a in admissions:
@@ -326,7 +326,7 @@ async def test_the_next_allotment_is_asked_for_before_this_one_runs_out(
     await asyncio.sleep(0.4)
     await limiter.settled()
     other = make_limiter(allotment_size=0)
-    assert (await admit(other, limits)).remaining_requests == 1_000_000 - 81
+    assert (await admit(other, limits)).remaining_requests == 1_000_000 - 55
 
 
 async def test_an_ask_ahead_without_room_takes_nothing(make_limiter: MakeLimiter) -> None:
@@ -339,7 +339,7 @@ async def test_an_ask_ahead_without_room_takes_nothing(make_limiter: MakeLimiter
     assert first.backend == "allotment"
     for _ in range(885):
         await admit(other, limits)  # 985 counted: 2 more would be over a tenth of the rest
-    mine = [first, *[await admit(limiter, limits) for _ in range(74)]]  # 25 left: asks
+    mine = [first, *[await admit(limiter, limits) for _ in range(49)]]  # 50 left: asks
     await asyncio.sleep(0.05)
     assert (await admit(other, limits)).remaining_requests == 1_000 - 986  # nothing taken
     assert {a.backend for a in mine} == {"allotment"}
@@ -347,4 +347,4 @@ async def test_an_ask_ahead_without_room_takes_nothing(make_limiter: MakeLimiter
         limiter.settle(a, actual_tokens=0, actual_cost=0.0)
     await asyncio.sleep(0.6)
     await limiter.settled()
-    assert (await admit(other, limits)).remaining_requests == 1_000 - 885 - 2 - 75
+    assert (await admit(other, limits)).remaining_requests == 1_000 - 885 - 2 - 50
