@@ -1,7 +1,11 @@
 """``SqliteStore``: the embedded store, one SQLite file in WAL mode through aiosqlite.
 
-One connection per store (per worker process). aiosqlite runs it on its own thread; an
-``asyncio.Lock`` keeps one operation, and so one transaction, on it at a time. Several
+One connection per store (per worker process) for keys, audit and reports; aiosqlite runs
+it on its own thread. Usage batches, the one write on the request path's heels, have a
+second connection on a thread of their own: a batch is one function call there, where
+through aiosqlite each of its ~18 statements was a round trip between the threads (a
+queue, a wake-up of the event loop, and the GIL changing hands twice). An
+``asyncio.Lock`` keeps one operation, and so one transaction, on the store at a time. Several
 worker processes may share the file: WAL lets readers run beside the one writer, and
 ``busy_timeout`` makes a writer wait for the lock instead of failing at once. Writes that
 read-then-write (migrations, usage batches) start with ``BEGIN IMMEDIATE`` so they take the
@@ -16,6 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn, Self
@@ -103,6 +108,7 @@ class SqliteStore:
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._usage: _UsageConnection | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -116,6 +122,9 @@ class SqliteStore:
             db, self._db = self._db, None
             if db is not None:
                 await db.close()
+            usage, self._usage = self._usage, None
+            if usage is not None:
+                await usage.aclose()
 
     async def _open(self) -> aiosqlite.Connection:
         if self._closed:
@@ -128,7 +137,6 @@ class SqliteStore:
                 await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
                 await self._enable_wal(db)
                 await db.execute("PRAGMA synchronous = NORMAL")
-                await db.execute(SQLITE_STAGING)
             except BaseException:
                 await db.close()
                 raise
@@ -282,40 +290,11 @@ class SqliteStore:
     async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        unique = per_request_unique(records)
-        rows = [_usage_row(r) for r in unique]
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM temp.usage_incoming")
-            for start in range(0, len(rows), _STAGED_PER_INSERT):
-                chunk = rows[start : start + _STAGED_PER_INSERT]
-                values = ", ".join([_STAGING_ROW] * len(chunk))
-                try:
-                    await db.execute(
-                        f"INSERT INTO temp.usage_incoming ({_USAGE_LIST}) VALUES {values}",
-                        [value for row in chunk for value in row],
-                    )
-                except (OverflowError, TypeError, ValueError) as exc:
-                    msg = f"a usage record has a value out of range: {exc}"
-                    raise DatabaseError(msg) from exc
-            # Cost of the rows not stored yet; the write lock keeps that true until COMMIT.
-            per_key = await db.execute_fetchall(
-                """
-                SELECT token_hash, sum(cost_usd) FROM temp.usage_incoming AS i
-                WHERE token_hash IS NOT NULL AND NOT EXISTS
-                    (SELECT 1 FROM usage_records AS u WHERE u.request_id = i.request_id)
-                GROUP BY token_hash ORDER BY token_hash
-                """
-            )
-            await db.executemany(
-                "UPDATE virtual_keys SET spend = spend + ? WHERE token_hash = ?",
-                [(cost, key) for key, cost in per_key if cost],
-            )
-            await db.execute(
-                f"INSERT INTO usage_records ({_USAGE_LIST})"
-                f" SELECT {_USAGE_LIST} FROM temp.usage_incoming WHERE true"
-                " ON CONFLICT (request_id) DO NOTHING"
-            )
-            await db.execute("DELETE FROM temp.usage_incoming")
+        rows = [_usage_row(r) for r in per_request_unique(records)]
+        async with self._connection():  # opened first: the file exists and is in WAL mode
+            if self._usage is None:
+                self._usage = _UsageConnection(self._path, self._busy_timeout_ms)
+            await self._usage.write(rows)
 
     async def usage_summary(
         self,
@@ -374,6 +353,94 @@ class SqliteStore:
         async with self._connection() as db:
             rows = list(await db.execute_fetchall(sql, (token_hash, _encode(since))))
         return float(rows[0][0])
+
+
+class _UsageConnection:
+    """The usage batches' own connection, used only from its own thread.
+
+    ``write`` is one transaction: the rows go into the staging table, the keys are charged
+    for the rows not stored yet, and those rows are stored. Opened at the first batch
+    (after the schema is migrated through the main connection).
+    """
+
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="llm-proxy-sqlite-usage")
+        self._db: sqlite3.Connection | None = None
+
+    async def write(self, rows: list[list[Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._write, rows)
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, self._close)
+        finally:
+            self._thread.shutdown(wait=False)
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                db.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode already
+                db.execute(SQLITE_STAGING)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _write(self, rows: list[list[Any]]) -> None:
+        db = self._open()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._stage(db, rows)
+            # Cost of the rows not stored yet; the write lock keeps that true until COMMIT.
+            per_key = db.execute(
+                """
+                SELECT token_hash, sum(cost_usd) FROM temp.usage_incoming AS i
+                WHERE token_hash IS NOT NULL AND NOT EXISTS
+                    (SELECT 1 FROM usage_records AS u WHERE u.request_id = i.request_id)
+                GROUP BY token_hash ORDER BY token_hash
+                """
+            ).fetchall()
+            db.executemany(
+                "UPDATE virtual_keys SET spend = spend + ? WHERE token_hash = ?",
+                [(cost, key) for key, cost in per_key if cost],
+            )
+            db.execute(
+                f"INSERT INTO usage_records ({_USAGE_LIST})"
+                f" SELECT {_USAGE_LIST} FROM temp.usage_incoming WHERE true"
+                " ON CONFLICT (request_id) DO NOTHING"
+            )
+            db.execute("DELETE FROM temp.usage_incoming")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # the staging table's rows go with the rest
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _stage(db: sqlite3.Connection, rows: list[list[Any]]) -> None:
+        for start in range(0, len(rows), _STAGED_PER_INSERT):
+            chunk = rows[start : start + _STAGED_PER_INSERT]
+            values = ", ".join([_STAGING_ROW] * len(chunk))
+            try:
+                db.execute(
+                    f"INSERT INTO temp.usage_incoming ({_USAGE_LIST}) VALUES {values}",
+                    [value for row in chunk for value in row],
+                )
+            except (OverflowError, TypeError, ValueError) as exc:
+                msg = f"a usage record has a value out of range: {exc}"
+                raise DatabaseError(msg) from exc
 
 
 async def _unique_checked(query: Any, what: str) -> Iterable[sqlite3.Row]:

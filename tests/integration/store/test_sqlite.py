@@ -6,11 +6,13 @@ import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.store import SqliteStore
 from proxy.store.base import utc
+from proxy.store.errors import DatabaseUnavailableError
 from proxy.store.sqlite import _TIME_FORMAT, _time_text
 from tests.integration.store.factories import T0, usage
 
@@ -52,3 +54,20 @@ async def test_usage_row_columns_as_stored(tmp_path: Path) -> None:
         ("req-2", "2025-03-01 12:00:00.000007", "2025-03-01 12:00:01.000007",
          None, 120.0, "timeout", 0, "integer"),
     ]  # fmt: skip
+
+
+async def test_usage_batch_as_a_stores_first_call(tmp_path: Path) -> None:
+    """A store whose first call is a usage batch (its own connection) opens the file first;
+    after aclose a batch is refused."""
+    path = str(tmp_path / "proxy.db")
+    async with SqliteStore(path) as migrating:
+        await migrating.migrate()
+    store = SqliteStore(path)
+    await store.insert_usage([usage(1), usage(2)])
+    assert [row["requests"] for row in await store.usage_summary(group_by="day")] == [2]
+    await store.aclose()
+    with pytest.raises(DatabaseUnavailableError):
+        await store.insert_usage([usage(3)])
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT count(*) FROM usage_records").fetchone() == (2,)

@@ -82,6 +82,11 @@ async def test_out_of_range_value_fails_the_batch_and_stores_nothing(store: Stor
     assert await _count(store) == 0
     stored = await store.get_key(k.token_hash)
     assert stored is not None and stored.spend == 0
+    # Nothing of it is left staged to slip into the next batch.
+    await store.insert_usage([usage(i, prefix="next", token_hash=k.token_hash) for i in range(3)])
+    assert await _count(store) == 3
+    stored = await store.get_key(k.token_hash)
+    assert stored is not None and stored.spend == pytest.approx(3 * 0.001)
 
 
 async def test_records_of_unknown_keys_are_stored(store: Store) -> None:
