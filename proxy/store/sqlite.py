@@ -1,16 +1,17 @@
-"""``SqliteStore``: the embedded store, one SQLite file in WAL mode through aiosqlite.
+"""``SqliteStore``: the embedded store, one SQLite file in WAL mode.
 
-One connection per store (per worker process) for keys, audit and reports; aiosqlite runs
-it on its own thread. Usage batches, the one write on the request path's heels, have a
-second connection on a thread of their own: a batch is one function call there, where
-through aiosqlite each of its ~18 statements was a round trip between the threads (a
+Two connections per store (per worker process). Keys, audit and reports use one through
+aiosqlite, which runs it on its own thread. Usage batches, the one write that follows every
+request, have the other on a thread of their own: a batch is one function call there,
+where through aiosqlite each of its ~18 statements was a round trip between the threads (a
 queue, a wake-up of the event loop, and the GIL changing hands twice). An
-``asyncio.Lock`` keeps one operation, and so one transaction, on the store at a time. Several
-worker processes may share the file: WAL lets readers run beside the one writer, and
-``busy_timeout`` makes a writer wait for the lock instead of failing at once. Writes that
-read-then-write (migrations, usage batches) start with ``BEGIN IMMEDIATE`` so they take the
-write lock before reading. ``synchronous=NORMAL``: in WAL mode a commit survives a process
-crash; a power cut may lose the last transactions. Needs SQLite 3.35+ (``RETURNING``).
+``asyncio.Lock`` keeps one operation, and so one transaction, on the store at a time.
+Several worker processes may share the file: WAL lets readers run beside the one writer,
+and ``busy_timeout`` makes a writer wait for the lock instead of failing at once. Writes
+that read-then-write (migrations, usage batches) start with ``BEGIN IMMEDIATE`` so they
+take the write lock before reading. ``synchronous=NORMAL``: in WAL mode a commit survives a
+process crash; a power cut may lose the last transactions. Needs SQLite 3.35+
+(``RETURNING``).
 """
 
 from __future__ import annotations
