@@ -35,29 +35,22 @@ def release_sighup() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
-def forward_sighup(worker_pids: Iterable[int]) -> None:
-    """Pass SIGHUP on to each worker process (one that has already gone is skipped)."""
-    for pid in worker_pids:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGHUP)
-
-
-def start_sighup_forwarder(worker_pids: Callable[[], Iterable[int]]) -> threading.Thread:
+def start_sighup_forwarder(worker_pids: Callable[[], Iterable[int]]) -> None:
     """The worker manager's SIGHUP handling: each worker process re-reads its secrets.
 
-    The manager keeps SIGHUP blocked (``hold_sighup``); this thread waits for each one and
-    passes it to the workers only, since the manager's helper processes (multiprocessing's)
-    have no handler of their own.
+    The manager keeps SIGHUP blocked (``hold_sighup``); a thread of its own waits for each
+    one and passes it to the workers only (one that has already gone is skipped), since the
+    manager's helper processes (multiprocessing's) have no handler of their own.
     """
 
     def run() -> None:
         while True:
             signal.sigwait({signal.SIGHUP})
             try:
-                forward_sighup(worker_pids())
+                for pid in worker_pids():
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGHUP)
             except Exception:
                 log.exception("passing SIGHUP on to the workers failed")
 
-    thread = threading.Thread(target=run, name="sighup-forwarder", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name="sighup-forwarder", daemon=True).start()
