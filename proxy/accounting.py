@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from proxy.errors import RateLimitedError
-from proxy.limits import NANO_PER_USD, Admission, Limiter, Limits
+from proxy.limits import NANO_PER_USD, Admission, Limiter, Limits, LocalLimiter
 from proxy.routing import Deployment
 from proxy.store import KeyRecord, UsageRecord
 from proxy.usage.budget import parse_duration
@@ -127,6 +127,8 @@ class Ledger:
         default_output_tokens: int = 1024,
     ) -> None:
         self._limiter = limiter
+        # The in-process limiter answers at once: called without its coroutine.
+        self._admit_now = limiter.admit_now if isinstance(limiter, LocalLimiter) else None
         self._writer = writer
         self._prices = prices
         self._default_output = default_output_tokens
@@ -229,6 +231,14 @@ class Ledger:
         assert self._limiter is not None
         while True:
             try:
+                if self._admit_now is not None:
+                    return self._admit_now(
+                        subject,
+                        limits,
+                        estimated_tokens=int(estimate.tokens),
+                        estimated_cost=estimate.cost,
+                        request_id=entry.request_id,
+                    )
                 return await self._limiter.admit(
                     subject,
                     limits,

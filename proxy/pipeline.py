@@ -516,7 +516,7 @@ class Pipeline:
                 prompt_tokens=lambda: count_usage(view, upstream_model, None).prompt_tokens,
                 max_tokens=_max_tokens(view),
                 wait=None if entry.deployment_limits is None else self._window_wait(entry),
-                prompt_ceiling=lambda: tokens.prompt_token_ceiling(body, _messages(view)),
+                prompt_ceiling=lambda: _prompt_ceiling(view, body),
             )
             req = ParsedRequest(
                 op=op,
@@ -1073,8 +1073,18 @@ async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[
         yield data
 
 
-def _messages(view: RequestView) -> int:
-    return len(view.messages) if isinstance(view, ChatCompletionRequest) else 0
+def _prompt_ceiling(view: RequestView, body: bytes) -> int | None:
+    """``tokens.prompt_token_ceiling`` of a decoded request."""
+    if not isinstance(view, ChatCompletionRequest):
+        return tokens.prompt_token_ceiling(body, 0, parts=False, tools=False)
+    parts = False
+    for message in view.messages:
+        if message.content is not None and type(message.content) is not str:
+            parts = True
+            break
+    return tokens.prompt_token_ceiling(
+        body, len(view.messages), parts=parts, tools=view.tools is not None
+    )
 
 
 def _max_tokens(view: RequestView) -> int | None:

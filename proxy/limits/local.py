@@ -13,7 +13,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from proxy.limits.model import Admission, Limits, check_request, counted_tokens, denial, to_nano
+from proxy.limits.model import (
+    NANO_PER_USD,
+    Admission,
+    Limits,
+    check_request,
+    counted_tokens,
+    denial,
+    to_nano,
+)
 from proxy.limits.settings import TokenCounting
 
 
@@ -90,57 +98,76 @@ class LocalLimiter:
         estimated_cost: float,
         request_id: str,
     ) -> Admission:
-        """``admit`` without the coroutine, for callers already holding the loop."""
-        check_request(estimated_tokens, estimated_cost, request_id)
+        """``admit`` without the coroutine, for callers already holding the loop.
+
+        Every request with a key comes through here, so it reads each value once and calls
+        out only when there is something to prune (``bench/README.md``, "The in-process
+        limiter, per instruction").
+        """
+        if estimated_tokens < 0 or estimated_cost < 0 or not request_id:
+            check_request(estimated_tokens, estimated_cost, request_id)  # raises
         now = self._clock()
         state = self._subjects.get(subject)
         if state is None:
             state = self._subjects[subject] = _Subject()
-        self._prune(state, now, limits)
-        cost = to_nano(estimated_cost)
-        tokens = estimated_tokens if limits.tpm_limit is not None else 0
-        start, end = limits.budget_window(now)
-        budget = state.budgets.setdefault(start, [0, 0])
+        window = state.window
+        if (
+            (window and window[0][0] <= now - self._window)
+            or state.next_expiry <= now
+            or len(state.budgets) > 1
+        ):
+            self._prune(state, now, limits)
+        rpm_limit = limits.rpm_limit
+        tpm_limit = limits.tpm_limit
+        max_budget = limits.max_budget
+        cost = round(estimated_cost * NANO_PER_USD)
+        tokens = estimated_tokens if tpm_limit is not None else 0
+        if limits.budget_duration is None:
+            start, end = 0, None
+        else:
+            start, end = limits.budget_window(now)
+        budget = state.budgets.get(start)
+        if budget is None:
+            budget = state.budgets[start] = [0, 0]
 
         # Check everything first; take nothing unless all pass.
-        count = len(state.window)
-        if limits.rpm_limit is not None and count + 1 > limits.rpm_limit:
-            index = count - limits.rpm_limit
-            frees = state.window[index][0] + self._window - now if index < count else self._window
+        count = len(window)
+        if rpm_limit is not None and count + 1 > rpm_limit:
+            index = count - rpm_limit
+            frees = window[index][0] + self._window - now if index < count else self._window
             raise denial("requests", limits, frees)
-        if limits.tpm_limit is not None and state.token_sum + tokens > limits.tpm_limit:
+        if tpm_limit is not None and state.token_sum + tokens > tpm_limit:
             raise denial("tokens", limits, self._tokens_free_in(state, tokens, limits, now))
-        if limits.max_parallel_requests is not None and (
-            len(state.leases) >= limits.max_parallel_requests
-        ):
+        parallel = limits.max_parallel_requests
+        if parallel is not None and len(state.leases) >= parallel:
             raise denial("parallel_requests", limits, 1.0)
-        if limits.max_budget is not None and sum(budget) + cost > to_nano(limits.max_budget):
+        if max_budget is not None and budget[0] + budget[1] + cost > to_nano(max_budget):
             raise denial("budget", limits, None if end is None else end / 1000 - now)
 
-        if limits.windowed:
-            state.window.append((now, request_id))
+        if rpm_limit is not None or tpm_limit is not None:  # limits.windowed
+            window.append((now, request_id))
             if tokens:
                 state.tokens[request_id] = tokens
                 state.token_sum += tokens
-        if limits.leased:
+        if parallel is not None or max_budget is not None:  # limits.leased
             expires = now + self._lease_ttl
             state.leases[request_id] = _Lease(expires, cost, start)
             state.next_expiry = min(state.next_expiry, expires)
             budget[1] += cost
-        oldest_reset = state.window[0][0] + self._window - now if state.window else 0.0
+        oldest_reset = window[0][0] + self._window - now if window else 0.0
         return Admission(
             subject,
             request_id,
             limits,
             "local",
             tokens=tokens,
-            cost_nano=cost if limits.max_budget is not None else 0,
+            cost_nano=cost if max_budget is not None else 0,
             budget_window=start,
-            remaining_requests=(limits.rpm_limit or 0) - len(state.window),
-            remaining_tokens=(limits.tpm_limit or 0) - state.token_sum,
+            remaining_requests=(rpm_limit or 0) - len(window),
+            remaining_tokens=(tpm_limit or 0) - state.token_sum,
             reset_requests=oldest_reset,
             reset_tokens=oldest_reset,
-            committed_nano=budget[0] + budget[1] if limits.max_budget is not None else 0,
+            committed_nano=budget[0] + budget[1] if max_budget is not None else 0,
         )
 
     def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:

@@ -99,7 +99,8 @@ _rfc3339 = msgspec.to_builtins
 # what sqlite3 binds without them (NULL, and a bool as its int). Both are C functions (a
 # Python one costs a frame per value): an empty dict's ``get`` answers None for None.
 # sqlite3's adapters are process-wide, and so are these.
-sqlite3.register_adapter(type(None), {}.get)
+_NO_ADAPTERS: Final[dict[None, None]] = {}
+sqlite3.register_adapter(type(None), _NO_ADAPTERS.get)
 sqlite3.register_adapter(bool, int)
 
 

@@ -461,13 +461,18 @@ def _compact(value: Any) -> bytes:
 @given(messages=_messages, model=st.sampled_from(["gpt-4o", "gpt-4"]))
 def test_the_ceiling_is_never_below_the_chat_count(messages: Any, model: str) -> None:
     """For any messages the body's ceiling (its most compact JSON: raw UTF-8, no spaces) is
-    at least the exact count, or None when the body may hold images."""
+    at least the exact count, unless a message's content is not text (parts, images among
+    them), when there is none."""
     body = _compact({"model": model, "messages": messages})
     n = len(messages) if isinstance(messages, list) else 0
-    ceiling = tokens.prompt_token_ceiling(body, n)
-    if ceiling is None:
-        assert b"image" in body
+    parts = isinstance(messages, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), list | dict) for m in messages
+    )
+    ceiling = tokens.prompt_token_ceiling(body, n, parts=parts, tools=False)
+    if parts:
+        assert ceiling is None
     else:
+        assert ceiling is not None
         assert ceiling >= tokens.count_chat_prompt_tokens(messages, model)
 
 
@@ -476,10 +481,10 @@ def test_the_ceiling_is_never_below_the_chat_count(messages: Any, model: str) ->
 def test_the_ceiling_is_never_below_the_input_count(value: Any) -> None:
     """Completions' prompt and embeddings' input: text, token ids, lists of either."""
     body = _compact({"model": "gpt-4o", "input": value, "prompt": value})
-    ceiling = tokens.prompt_token_ceiling(body, 0)
-    if ceiling is not None:
-        assert ceiling >= tokens.count_embedding_input_tokens(value, "text-embedding-3-small")
-        assert ceiling >= tokens.count_prompt_tokens_text(value, "gpt-4o")
+    ceiling = tokens.prompt_token_ceiling(body, 0, parts=False, tools=False)
+    assert ceiling is not None
+    assert ceiling >= tokens.count_embedding_input_tokens(value, "text-embedding-3-small")
+    assert ceiling >= tokens.count_prompt_tokens_text(value, "gpt-4o")
 
 
 def test_the_ceiling_holds_where_tokens_outnumber_characters() -> None:
@@ -489,18 +494,15 @@ def test_the_ceiling_holds_where_tokens_outnumber_characters() -> None:
     messages = [{"role": "user", "content": text, "name": "a"}, {}]
     count = tokens.count_chat_prompt_tokens(messages, "gpt-4o")
     assert count > len(text)  # the case the ceiling must survive
-    ceiling = tokens.prompt_token_ceiling(orjson.dumps({"messages": messages}), 2)
+    body = orjson.dumps({"messages": messages})
+    ceiling = tokens.prompt_token_ceiling(body, 2, parts=False, tools=False)
     assert ceiling is not None and ceiling >= count
 
 
-def test_bodies_with_images_or_tools_have_no_ceiling() -> None:
-    for extra in (
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
-        {"functions": [{"name": "f"}]},
-        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]},
-    ):
-        body = orjson.dumps({"model": "gpt-4o", "messages": [], **extra})
-        assert tokens.prompt_token_ceiling(body, 1) is None
+def test_requests_with_parts_or_tools_have_no_ceiling() -> None:
+    body = b'{"model": "gpt-4o", "messages": []}'
+    assert tokens.prompt_token_ceiling(body, 1, parts=True, tools=False) is None
+    assert tokens.prompt_token_ceiling(body, 1, parts=False, tools=True) is None
 
 
 def test_preload_builds_only_what_the_models_use() -> None:
