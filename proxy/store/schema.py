@@ -249,8 +249,8 @@ MIGRATIONS: Final = (
 )
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
-# The per-connection staging table for usage batches (PostgreSQL COPY target; SQLite bulk
-# insert target). Temporary, so each connection has its own and nothing needs migrating.
+# The per-connection staging table for usage batches (PostgreSQL's COPY target; SQLite
+# inserts into usage_records directly, see sqlite.py). Temporary, so each connection has its own and nothing needs migrating.
 # Its cost_usd is a double, as the record holds it: asyncpg encodes a numeric through
 # Decimal (~4 µs of the proxy's CPU per row, timed over 20,000 rows); the INSERT ... SELECT into
 # usage_records rounds it to numeric(20, 10) in the server instead.
@@ -263,11 +263,3 @@ CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
     ttft_ms double precision, status integer, error_type text, cache_hit boolean
 ) ON COMMIT DELETE ROWS"""
 
-SQLITE_STAGING: Final = """
-CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
-    request_id TEXT, started_at TEXT, ended_at TEXT, model TEXT, token_hash TEXT,
-    key_alias TEXT, user_id TEXT, team_id TEXT, deployment TEXT, provider TEXT,
-    prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
-    cached_tokens INTEGER, cost_usd REAL, latency_ms REAL, ttft_ms REAL, status INTEGER,
-    error_type TEXT, cache_hit INTEGER
-)"""

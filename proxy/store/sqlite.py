@@ -57,18 +57,28 @@ from proxy.store.rollup import (
     PruneResult,
     summary_sql,
 )
-from proxy.store.schema import MIGRATIONS, SQLITE_LEDGER, SQLITE_STAGING
+from proxy.store.schema import MIGRATIONS, SQLITE_LEDGER
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _KEY_SELECT = ", ".join(KEY_COLUMNS)
 _USAGE_LIST = ", ".join(USAGE_COLUMNS)
-# Usage rows go into the staging table many per INSERT: executemany steps once per row, and
-# every step lets go of the GIL and has to win it back from the event loop. Under the keyed
-# benchmark the writer thread's CPU fell from ~11 to ~6 µs per row (per-thread /proc times).
-# 999 is SQLite's smallest compiled-in limit on parameters per statement (before 3.32), so
-# any build takes this many rows at once.
-_STAGED_PER_INSERT: Final = 999 // len(USAGE_COLUMNS)
-_STAGING_ROW: Final = "(" + ", ".join("?" * len(USAGE_COLUMNS)) + ")"
+# Usage rows are inserted many per INSERT: executemany steps once per row, and every step
+# lets go of the GIL and has to win it back from the event loop. Under the keyed benchmark
+# the writer thread's CPU fell from ~11 to ~6 µs per row (per-thread /proc times). 999 is
+# SQLite's smallest compiled-in limit on parameters per statement (before 3.32), so any
+# build takes this many rows at once.
+_ROWS_PER_INSERT: Final = 999 // len(USAGE_COLUMNS)
+_USAGE_ROW: Final = "(" + ", ".join("?" * len(USAGE_COLUMNS)) + ")"
+# The spend of the rows a batch stored: they are the ones past the table's last rowid before
+# it (SQLite gives a new row the largest rowid + 1, and the batch holds the write lock).
+# NOT INDEXED: read them by that rowid range, not through an index on token_hash.
+_BATCH_SPEND: Final = """
+UPDATE virtual_keys SET spend = spend + batch.cost FROM (
+    SELECT token_hash, sum(cost_usd) AS cost FROM usage_records NOT INDEXED
+    WHERE rowid > ? AND token_hash IS NOT NULL GROUP BY token_hash
+) AS batch
+WHERE virtual_keys.token_hash = batch.token_hash AND batch.cost != 0
+"""
 _KEY_TIMES = frozenset({"budget_reset_at", "expires", "created_at", "updated_at"})
 # Primary result codes after which a later retry can succeed.
 _TRANSIENT = frozenset(
@@ -361,9 +371,9 @@ class SqliteStore:
 class _UsageConnection:
     """The usage batches' own connection, used only from its own thread.
 
-    ``write`` is one transaction: the rows go into the staging table, the keys are charged
-    for the rows not stored yet, and those rows are stored. Opened at the first batch
-    (after the schema is migrated through the main connection).
+    ``write`` is one transaction: the rows not stored yet are inserted (a replayed row is
+    skipped by its request id) and their keys are charged for them. Opened at the first
+    batch (after the schema is migrated through the main connection).
     """
 
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
@@ -389,7 +399,6 @@ class _UsageConnection:
             try:
                 db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
                 db.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode already
-                db.execute(SQLITE_STAGING)
             except BaseException:
                 db.close()
                 raise
@@ -405,45 +414,25 @@ class _UsageConnection:
         db = self._open()
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._stage(db, rows)
-            # Cost of the rows not stored yet; the write lock keeps that true until COMMIT.
-            per_key = db.execute(
-                """
-                SELECT token_hash, sum(cost_usd) FROM temp.usage_incoming AS i
-                WHERE token_hash IS NOT NULL AND NOT EXISTS
-                    (SELECT 1 FROM usage_records AS u WHERE u.request_id = i.request_id)
-                GROUP BY token_hash ORDER BY token_hash
-                """
-            ).fetchall()
-            db.executemany(
-                "UPDATE virtual_keys SET spend = spend + ? WHERE token_hash = ?",
-                [(cost, key) for key, cost in per_key if cost],
-            )
-            db.execute(
-                f"INSERT INTO usage_records ({_USAGE_LIST})"
-                f" SELECT {_USAGE_LIST} FROM temp.usage_incoming WHERE true"
-                " ON CONFLICT (request_id) DO NOTHING"
-            )
-            db.execute("DELETE FROM temp.usage_incoming")
+            (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM usage_records").fetchone()
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                values = ", ".join([_USAGE_ROW] * len(chunk))
+                try:
+                    db.execute(
+                        f"INSERT INTO usage_records ({_USAGE_LIST}) VALUES {values}"
+                        " ON CONFLICT (request_id) DO NOTHING",
+                        [value for row in chunk for value in row],
+                    )
+                except (OverflowError, TypeError, ValueError) as exc:
+                    msg = f"a usage record has a value out of range: {exc}"
+                    raise DatabaseError(msg) from exc
+            db.execute(_BATCH_SPEND, (last,))
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:  # the staging table's rows go with the rest
+            if db.in_transaction:  # none of the batch stays
                 db.execute("ROLLBACK")
             raise
-
-    @staticmethod
-    def _stage(db: sqlite3.Connection, rows: list[list[Any]]) -> None:
-        for start in range(0, len(rows), _STAGED_PER_INSERT):
-            chunk = rows[start : start + _STAGED_PER_INSERT]
-            values = ", ".join([_STAGING_ROW] * len(chunk))
-            try:
-                db.execute(
-                    f"INSERT INTO temp.usage_incoming ({_USAGE_LIST}) VALUES {values}",
-                    [value for row in chunk for value in row],
-                )
-            except (OverflowError, TypeError, ValueError) as exc:
-                msg = f"a usage record has a value out of range: {exc}"
-                raise DatabaseError(msg) from exc
 
 
 async def _unique_checked(query: Any, what: str) -> Iterable[sqlite3.Row]:

@@ -43,6 +43,20 @@ async def test_repeated_request_id_in_one_batch_counts_once(store: Store) -> Non
     assert await store.key_spend(k.token_hash, T0) == pytest.approx(0.001)
 
 
+async def test_spend_is_charged_after_every_row_was_pruned(store: Store) -> None:
+    """A batch is charged for the rows it stored even when retention emptied the table
+    before it (SQLite: the batch's rows are found by rowid past the largest before it)."""
+    k = await store.insert_key(key("sk-pruned"))
+    await store.insert_usage([usage(i, token_hash=k.token_hash) for i in range(5)])
+    result = await store.prune_usage(T0 + timedelta(days=365), rollup=False)
+    assert result.deleted == 5
+    await store.insert_usage([usage(i, prefix="after", token_hash=k.token_hash) for i in range(3)])
+    await store.insert_usage([usage(0, prefix="after", token_hash=k.token_hash)])  # replayed
+    stored = await store.get_key(k.token_hash)
+    assert stored is not None and stored.spend == pytest.approx(8 * 0.001)
+    assert await _count(store) == 3
+
+
 async def test_spend_is_added_per_key(store: Store) -> None:
     """Each key's spend grows by the cost of its own records, across batches."""
     a = await store.insert_key(key("sk-a"))
