@@ -249,11 +249,12 @@ MIGRATIONS: Final = (
 )
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
-# The per-connection staging table for usage batches (PostgreSQL's COPY target; SQLite
-# inserts into usage_records directly, see sqlite.py). Temporary, so each connection has its own and nothing needs migrating.
-# Its cost_usd is a double, as the record holds it: asyncpg encodes a numeric through
-# Decimal (~4 µs of the proxy's CPU per row, timed over 20,000 rows); the INSERT ... SELECT into
-# usage_records rounds it to numeric(20, 10) in the server instead.
+# The per-connection staging table for PostgreSQL's usage batches, the target of their COPY
+# (SQLite inserts into usage_records directly, see sqlite.py). Temporary, so each connection
+# has its own and nothing needs migrating. Its cost_usd is a double, as the record holds it:
+# asyncpg encodes a numeric through Decimal (~4 µs of the proxy's CPU per row, timed over
+# 20,000 rows); the INSERT ... SELECT into usage_records rounds it to numeric(20, 10) in the
+# server instead.
 POSTGRES_STAGING: Final = """
 CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
     request_id text, started_at timestamptz, ended_at timestamptz, model text,
@@ -262,4 +263,3 @@ CREATE TEMP TABLE IF NOT EXISTS usage_incoming (
     cached_tokens integer, cost_usd double precision, latency_ms double precision,
     ttft_ms double precision, status integer, error_type text, cache_hit boolean
 ) ON COMMIT DELETE ROWS"""
-
