@@ -78,7 +78,10 @@ async def send(url: str, key: str, requests: int, conc: int) -> int:
 
 def _callgrind(pid: int, counting: str) -> None:
     subprocess.run(
-        ["callgrind_control", "-i", counting, str(pid)], check=True, stdout=subprocess.DEVNULL
+        ["callgrind_control", "-i", counting, str(pid)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
