@@ -1,10 +1,10 @@
 """``Response``: Sanic's HTTPResponse with a cheaper way of holding and encoding its headers.
 
-Measured per response with valgrind's instruction counts (bench/README.md, "Response
-headers, again"), Sanic's way costs ~6,500 instructions a header: the headers go into a
-case-insensitive multidict, then every name and value is sanitised (``str.translate``) and
-encoded on its own and formatted into the head one by one. A keyed answer carries six
-``x-ratelimit-*`` headers on top of the usual seven, so that was more than its rate limiter.
+Counted with valgrind (bench/README.md, "Keys: instructions per request"), Sanic's way
+costs ~7,700 instructions for each header: they go into a case-insensitive multidict, then
+every name and value is checked and encoded on its own and formatted into the head one by
+one. A keyed answer carries six ``x-ratelimit-*`` headers on top of the usual seven:
+~46,000 instructions, two thirds of what its admission by the limiter costs.
 
 The proxy writes its own headers with lowercase names, so a plain dict holds them (Sanic
 itself only tests and sets lowercase names on a response). The head is encoded in one piece:

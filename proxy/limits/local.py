@@ -101,8 +101,8 @@ class LocalLimiter:
         """``admit`` without the coroutine, for callers already holding the loop.
 
         Every request with a key comes through here, so it reads each value once and calls
-        out only when there is something to prune (``bench/README.md``, "The in-process
-        limiter, per instruction").
+        out only when there is something to prune (``bench/README.md``, "Keys: instructions
+        per request").
         """
         if estimated_tokens < 0 or estimated_cost < 0 or not request_id:
             check_request(estimated_tokens, estimated_cost, request_id)  # raises
