@@ -144,12 +144,12 @@ class LocalLimiter:
         if max_budget is not None and budget[0] + budget[1] + cost > to_nano(max_budget):
             raise denial("budget", limits, None if end is None else end / 1000 - now)
 
-        if rpm_limit is not None or tpm_limit is not None:  # limits.windowed
+        if rpm_limit is not None or tpm_limit is not None:  # the sliding window is kept
             window.append((now, request_id))
             if tokens:
                 state.tokens[request_id] = tokens
                 state.token_sum += tokens
-        if parallel is not None or max_budget is not None:  # limits.leased
+        if parallel is not None or max_budget is not None:  # limits.leased, inlined
             expires = now + self._lease_ttl
             state.leases[request_id] = _Lease(expires, cost, start)
             state.next_expiry = min(state.next_expiry, expires)

@@ -53,11 +53,6 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budget_anchor: float = 0.0  # epoch seconds the windows are counted from
 
     @property
-    def windowed(self) -> bool:
-        """Whether the request/token sliding window is tracked at all."""
-        return self.rpm_limit is not None or self.tpm_limit is not None
-
-    @property
     def leased(self) -> bool:
         """Whether in-flight requests hold leases (for the parallel limit or the budget)."""
         return self.max_parallel_requests is not None or self.max_budget is not None
