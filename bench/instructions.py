@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    missing = [tool for tool in ("valgrind", "callgrind_control") if not shutil.which(tool)]
+    if missing:
+        print(f"error: {', '.join(missing)} not found: apt-get install valgrind", file=sys.stderr)
+        return 1
     targets: list[tuple[str, Path | None]] = [(opts.label, opts.extra_config)]
     for spec in opts.compare:
         name, _, path = spec.partition("=")
