@@ -43,8 +43,8 @@ from launch import (
     free_port,
     proxy_config,
     start_upstream,
+    wait_health,
 )
-from launch import wait_health as _wait_health
 
 _HEAD = (
     '{"model": "' + MODEL + '", "messages": [{"role": "system", "content": "You are a concise '
@@ -106,7 +106,7 @@ def measure(opts: argparse.Namespace, name: str, extra: Path | None, upstream_po
             proxy = children.start(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO
             )
-        _wait_health(proxy, port, log, opts.health_timeout)
+        wait_health(proxy, port, log, opts.health_timeout)
         if asyncio.run(send(url, opts.api_key, opts.warmup, opts.conc)):
             raise BenchError(f"{name}: warm-up requests failed; see {log}")
         time.sleep(opts.settle)
