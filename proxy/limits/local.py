@@ -13,6 +13,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from proxy.limits.model import (
     NANO_PER_USD,
     Admission,
@@ -25,20 +27,25 @@ from proxy.limits.model import (
 from proxy.limits.settings import TokenCounting
 
 
-class _Lease:
-    __slots__ = ("cost", "expires", "window")
+class _Lease(msgspec.Struct, gc=False):
+    """A parallel-request slot and its budget reservation until ``expires``; a Struct's
+    constructor runs in C (one per keyed request)."""
 
-    def __init__(self, expires: float, cost: int, window: int) -> None:
-        self.expires = expires
-        self.cost = cost
-        self.window = window
+    expires: float
+    cost: int
+    window: int
 
 
 class _Subject:
-    __slots__ = ("budgets", "leases", "next_expiry", "token_sum", "tokens", "window")
+    __slots__ = ("admitted", "budgets", "leases", "next_expiry", "token_sum", "tokens", "window")
 
     def __init__(self) -> None:
-        self.window: deque[tuple[float, str]] = deque()  # (admitted at, request id), oldest first
+        # The sliding window, oldest first: when each request was admitted, and its id. Two
+        # deques, not one of pairs: a float and a str are no work for the garbage collector,
+        # where a pair held for the window's minute is one more object every young
+        # collection has to walk (and makes those collections come sooner).
+        self.window: deque[float] = deque()
+        self.admitted: deque[str] = deque()
         self.tokens: dict[str, int] = {}  # request id -> tokens charged while in the window
         self.token_sum = 0
         self.leases: dict[str, _Lease] = {}
@@ -112,7 +119,7 @@ class LocalLimiter:
             state = self._subjects[subject] = _Subject()
         window = state.window
         if (
-            (window and window[0][0] <= now - self._window)
+            (window and window[0] <= now - self._window)
             or state.next_expiry <= now
             or len(state.budgets) > 1
         ):
@@ -134,7 +141,7 @@ class LocalLimiter:
         count = len(window)
         if rpm_limit is not None and count + 1 > rpm_limit:
             index = count - rpm_limit
-            frees = window[index][0] + self._window - now if index < count else self._window
+            frees = window[index] + self._window - now if index < count else self._window
             raise denial("requests", limits, frees)
         if tpm_limit is not None and state.token_sum + tokens > tpm_limit:
             raise denial("tokens", limits, self._tokens_free_in(state, tokens, limits, now))
@@ -145,16 +152,18 @@ class LocalLimiter:
             raise denial("budget", limits, None if end is None else end / 1000 - now)
 
         if rpm_limit is not None or tpm_limit is not None:  # the sliding window is kept
-            window.append((now, request_id))
+            window.append(now)
+            state.admitted.append(request_id)
             if tokens:
                 state.tokens[request_id] = tokens
                 state.token_sum += tokens
         if parallel is not None or max_budget is not None:  # limits.leased, inlined
             expires = now + self._lease_ttl
             state.leases[request_id] = _Lease(expires, cost, start)
-            state.next_expiry = min(state.next_expiry, expires)
+            if expires < state.next_expiry:  # noqa: PLR1730 (min() parses keywords per call)
+                state.next_expiry = expires
             budget[1] += cost
-        oldest_reset = window[0][0] + self._window - now if window else 0.0
+        oldest_reset = window[0] + self._window - now if window else 0.0
         return Admission(
             subject,
             request_id,
@@ -214,9 +223,10 @@ class LocalLimiter:
 
     def _prune(self, state: _Subject, now: float, limits: Limits) -> None:
         cutoff = now - self._window
-        while state.window and state.window[0][0] <= cutoff:
-            _, request_id = state.window.popleft()
-            state.token_sum -= state.tokens.pop(request_id, 0)
+        window = state.window
+        while window and window[0] <= cutoff:
+            window.popleft()
+            state.token_sum -= state.tokens.pop(state.admitted.popleft(), 0)
         if state.next_expiry <= now:
             state.next_expiry = float("inf")
             for request_id, lease in list(state.leases.items()):
@@ -233,7 +243,7 @@ class LocalLimiter:
     def _tokens_free_in(self, state: _Subject, tokens: int, limits: Limits, now: float) -> float:
         """Seconds until enough tokens leave the window for ``tokens`` more to fit."""
         excess = state.token_sum + tokens - (limits.tpm_limit or 0)
-        for admitted, request_id in state.window:
+        for admitted, request_id in zip(state.window, state.admitted, strict=True):
             excess -= state.tokens.get(request_id, 0)
             if excess <= 0:
                 return admitted + self._window - now
