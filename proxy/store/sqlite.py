@@ -67,8 +67,19 @@ _USAGE_LIST = ", ".join(USAGE_COLUMNS)
 # the writer thread's CPU fell from ~11 to ~6 µs per row (per-thread /proc times). 999 is
 # SQLite's smallest compiled-in limit on parameters per statement (before 3.32), so any
 # build takes this many rows at once.
-_ROWS_PER_INSERT: Final = 999 // len(USAGE_COLUMNS)
-_USAGE_ROW: Final = "(" + ", ".join("?" * len(USAGE_COLUMNS)) + ")"
+_USAGE_WIDTH: Final = len(USAGE_COLUMNS)
+_ROWS_PER_INSERT: Final = 999 // _USAGE_WIDTH
+_USAGE_ROW: Final = "(" + ", ".join("?" * _USAGE_WIDTH) + ")"
+# Every distinct row count is a statement of its own for SQLite to parse (~1.2 million
+# instructions at 49 rows) and for sqlite3's statement cache to hold. A batch is inserted
+# in chunks of _ROWS_PER_INSERT and then of powers of two (32, 16, ... 1 rows), so at most
+# seven such statements exist, all parsed once per connection.
+_INSERT_SIZES: Final = (_ROWS_PER_INSERT, *(1 << i for i in reversed(range(6))))
+_INSERTS: Final = {
+    rows: f"INSERT INTO usage_records ({_USAGE_LIST}) VALUES {', '.join([_USAGE_ROW] * rows)}"
+    " ON CONFLICT (request_id) DO NOTHING"
+    for rows in _INSERT_SIZES
+}
 # The spend of the rows a batch stored: they are the ones past the table's last rowid before
 # it (SQLite gives a new row the largest rowid + 1, and the batch holds the write lock).
 # NOT INDEXED: read them by that rowid range, not through an index on token_hash.
@@ -303,11 +314,11 @@ class SqliteStore:
     async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        rows = [_usage_row(r) for r in per_request_unique(records)]
+        values = _usage_values(per_request_unique(records))
         async with self._connection():  # opened first: the file exists and is in WAL mode
             if self._usage is None:
                 self._usage = _UsageConnection(self._path, self._busy_timeout_ms)
-            await self._usage.write(rows)
+            await self._usage.write(values)
 
     async def usage_summary(
         self,
@@ -382,9 +393,10 @@ class _UsageConnection:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="llm-proxy-sqlite-usage")
         self._db: sqlite3.Connection | None = None
 
-    async def write(self, rows: list[list[Any]]) -> None:
+    async def write(self, values: list[Any]) -> None:
+        """Store the rows whose column values ``values`` holds, one after the other."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._write, rows)
+        await loop.run_in_executor(self._thread, self._write, values)
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
@@ -410,23 +422,23 @@ class _UsageConnection:
         if db is not None:
             db.close()
 
-    def _write(self, rows: list[list[Any]]) -> None:
+    def _write(self, values: list[Any]) -> None:
         db = self._open()
         db.execute("BEGIN IMMEDIATE")
         try:
             (last,) = db.execute("SELECT coalesce(max(rowid), 0) FROM usage_records").fetchone()
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
-                values = ", ".join([_USAGE_ROW] * len(chunk))
-                try:
-                    db.execute(
-                        f"INSERT INTO usage_records ({_USAGE_LIST}) VALUES {values}"
-                        " ON CONFLICT (request_id) DO NOTHING",
-                        [value for row in chunk for value in row],
-                    )
-                except (OverflowError, TypeError, ValueError) as exc:
-                    msg = f"a usage record has a value out of range: {exc}"
-                    raise DatabaseError(msg) from exc
+            start = 0
+            left = len(values) // _USAGE_WIDTH
+            for rows in _INSERT_SIZES:
+                while left >= rows:
+                    end = start + rows * _USAGE_WIDTH
+                    try:
+                        db.execute(_INSERTS[rows], values[start:end])
+                    except (OverflowError, TypeError, ValueError) as exc:
+                        msg = f"a usage record has a value out of range: {exc}"
+                        raise DatabaseError(msg) from exc
+                    start = end
+                    left -= rows
             db.execute(_BATCH_SPEND, (last,))
             db.execute("COMMIT")
         except BaseException:
@@ -461,13 +473,19 @@ _USAGE_TIMES: Final = tuple(
 )
 
 
-def _usage_row(record: UsageRecord) -> list[Any]:
-    """A usage record's column values (the writer's hot loop, on the event loop's thread);
-    its only non-SQLite types are the two times (and a bool, which SQLite stores as 0/1)."""
-    row = list(msgspec.structs.astuple(record))
-    for i in _USAGE_TIMES:
-        row[i] = _time_text(row[i])
-    return row
+def _usage_values(records: list[UsageRecord]) -> list[Any]:
+    """The records' column values in one flat list, row after row (the writer's hot loop, on
+    the event loop's thread); their only non-SQLite types are the two times (and a bool,
+    which SQLite stores as 0/1). Flat: a list per row would be one more object for the
+    garbage collector to count and walk, a thousand at a time."""
+    values: list[Any] = []
+    astuple = msgspec.structs.astuple
+    for record in records:
+        row = len(values)
+        values += astuple(record)
+        for i in _USAGE_TIMES:
+            values[row + i] = _time_text(values[row + i])
+    return values
 
 
 def _time_text(value: datetime) -> str:

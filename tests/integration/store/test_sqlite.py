@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from proxy.store import SqliteStore
 from proxy.store.base import utc
 from proxy.store.errors import DatabaseUnavailableError
-from proxy.store.sqlite import _TIME_FORMAT, _time_text
+from proxy.store.sqlite import _INSERTS, _TIME_FORMAT, _time_text
 from tests.integration.store.factories import T0, usage
 
 
@@ -71,3 +71,22 @@ async def test_usage_batch_as_a_stores_first_call(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT count(*) FROM usage_records").fetchone() == (2,)
+
+
+async def test_batches_of_any_size_are_stored_whole_in_few_statements(tmp_path: Path) -> None:
+    """A batch goes in as chunks of 49 rows and then powers of two: every row of any size
+    is stored once, and no more than seven insert statements ever exist."""
+    path = str(tmp_path / "proxy.db")
+    store = SqliteStore(path)
+    await store.migrate()
+    sizes = [1, 2, 31, 48, 49, 50, 63, 97, 99, 148]
+    first = 0
+    for size in sizes:
+        await store.insert_usage([usage(i) for i in range(first, first + size)])
+        first += size
+    await store.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(DISTINCT request_id) FROM usage_records").fetchone() == (
+            sum(sizes),
+        )
+    assert len(_INSERTS) == 7
