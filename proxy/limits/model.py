@@ -7,8 +7,7 @@ budget of N x the estimate admits exactly N requests; USD floats only cross the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import msgspec
 
@@ -85,9 +84,13 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         )
 
 
-@dataclass(slots=True, eq=False)
-class Admission:
-    """One admitted request: what it holds, and what the rate-limit headers report."""
+class Admission(msgspec.Struct, eq=False):
+    """One admitted request: what it holds, and what the rate-limit headers report.
+
+    A msgspec Struct rather than a dataclass: every keyed request makes one, and a Struct's
+    constructor runs in C (~1,000 instructions where the dataclass's ``__init__`` took
+    ~7,400, counted with callgrind). Mutable; compared by identity.
+    """
 
     subject: str
     request_id: str
@@ -109,27 +112,49 @@ class Admission:
 
     def headers(self) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers for the limits this subject has."""
-        out: dict[str, str] = {}
-        if self.limits.rpm_limit is not None:
-            out["x-ratelimit-limit-requests"] = str(self.limits.rpm_limit)
-            out["x-ratelimit-remaining-requests"] = str(max(0, self.remaining_requests))
-            out["x-ratelimit-reset-requests"] = format_reset(self.reset_requests)
-        if self.limits.tpm_limit is not None:
-            out["x-ratelimit-limit-tokens"] = str(self.limits.tpm_limit)
-            out["x-ratelimit-remaining-tokens"] = str(max(0, self.remaining_tokens))
-            reset = out.get("x-ratelimit-reset-requests")
-            if reset is None or self.reset_tokens != self.reset_requests:
+        rpm_limit = self.limits.rpm_limit
+        tpm_limit = self.limits.tpm_limit
+        if rpm_limit is not None:
+            remaining = self.remaining_requests
+            reset = format_reset(self.reset_requests)
+            out = {
+                "x-ratelimit-limit-requests": str(rpm_limit),
+                "x-ratelimit-remaining-requests": str(remaining) if remaining > 0 else "0",
+                "x-ratelimit-reset-requests": reset,
+            }
+            if tpm_limit is None:
+                return out
+            if self.reset_tokens != self.reset_requests:  # one window for both with Redis
                 reset = format_reset(self.reset_tokens)
-            out["x-ratelimit-reset-tokens"] = reset  # one window for both with Redis
+        elif tpm_limit is None:
+            return {}
+        else:
+            out = {}
+            reset = format_reset(self.reset_tokens)
+        remaining = self.remaining_tokens
+        out["x-ratelimit-limit-tokens"] = str(tpm_limit)
+        out["x-ratelimit-remaining-tokens"] = str(remaining) if remaining > 0 else "0"
+        out["x-ratelimit-reset-tokens"] = reset
         return out
 
 
+# The fraction of a second for each millisecond, as ``:g`` spells it: "", ".001", ".5".
+_FRACTIONS: Final = tuple(f"{i / 1000:g}".removeprefix("0") for i in range(1000))
+
+
 def format_reset(seconds: float) -> str:
-    """OpenAI's duration spelling: ``20ms``, ``1.5s``, ``6m0s``."""
+    """OpenAI's duration spelling: ``20ms``, ``1.5s``, ``6m0s``.
+
+    Below a minute, whole milliseconds and a table: ``f"{round(seconds, 3):g}s"`` spells the
+    same but turns the float into decimal digits twice (~6,000 instructions a header
+    against ~2,000, counted with callgrind).
+    """
     if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
+        ms = math.ceil(seconds * 1000)
+        return f"{ms}ms" if ms > 0 else "0ms"
     if seconds < 60:
-        return f"{round(seconds, 3):g}s"
+        ms = round(seconds * 1000)
+        return f"{ms // 1000}{_FRACTIONS[ms % 1000]}s"
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest}s"
 
@@ -179,6 +204,18 @@ class Limiter(Protocol):
         estimated_cost: float,
         request_id: str,
     ) -> Admission: ...
+
+    def admit_now(
+        self,
+        subject: str,
+        limits: Limits,
+        *,
+        estimated_tokens: int,
+        estimated_cost: float,
+        request_id: str,
+    ) -> Admission | None:
+        """``admit``'s answer when it can give it without waiting (an admission, or a raised
+        denial); None when only ``admit`` can answer."""
 
     def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
         """Swap the reservations for the actual use; never waits, never raises."""
