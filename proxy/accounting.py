@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from proxy.errors import RateLimitedError
-from proxy.limits import NANO_PER_USD, Admission, Limiter, Limits, LocalLimiter
+from proxy.limits import NANO_PER_USD, Admission, Limiter, Limits
 from proxy.routing import Deployment
 from proxy.store import KeyRecord, UsageRecord
 from proxy.usage.budget import parse_duration
@@ -59,10 +59,8 @@ class Entry:
     closed: bool = False
 
     def headers(self) -> dict[str, str]:
+        """The key's ``x-ratelimit-*`` headers, in a new dict each call."""
         return self.admission.headers() if self.admission is not None else {}
-
-    def admissions(self) -> list[Admission]:
-        return [a for a in (self.admission, self.deployment_admission) if a is not None]
 
 
 def limits_of(record: KeyRecord) -> Limits | None:
@@ -88,9 +86,17 @@ def limits_of(record: KeyRecord) -> Limits | None:
     )
 
 
-def _charges(limits: Limits | None) -> bool:
-    """Whether admitting under ``limits`` needs the token and cost estimate."""
-    return limits is not None and (limits.tpm_limit is not None or limits.max_budget is not None)
+def _roomy(
+    room: dict[str, tuple[float, float]], limits: Limits, estimate: _Estimate, subject: str
+) -> bool:
+    """Whether ``subject`` had ``ROOM_FACTOR`` times this estimate left when last seen."""
+    left = room.get(subject)
+    if left is None:
+        return False
+    tokens_left, usd_left = left
+    if limits.tpm_limit is not None and estimate.tokens * ROOM_FACTOR > tokens_left:
+        return False
+    return limits.max_budget is None or estimate.cost * ROOM_FACTOR <= usd_left
 
 
 class _Estimate:
@@ -127,8 +133,6 @@ class Ledger:
         default_output_tokens: int = 1024,
     ) -> None:
         self._limiter = limiter
-        # The in-process limiter answers at once: called without its coroutine.
-        self._admit_now = limiter.admit_now if isinstance(limiter, LocalLimiter) else None
         self._writer = writer
         self._prices = prices
         self._default_output = default_output_tokens
@@ -184,40 +188,69 @@ class Ledger:
         is asked again with the exact count before any 429 or wait, so the ceiling never
         refuses or delays a request by itself.
         """
-        if self._limiter is None or (entry.record is None and entry.deployment_limits is None):
-            return  # the common case without keys: nothing to build per request
-        key_limits = self._limits_of(entry.record) if entry.record is not None else None
+        record = entry.record
         deployment_limits = entry.deployment_limits
+        if self._limiter is None or (record is None and deployment_limits is None):
+            return  # the common case without keys: nothing to build per request
+        key_limits = self._limits_of(record) if record is not None else None
         if key_limits is None and deployment_limits is None:
             return
+        # Every keyed request comes through here: the checks are inlined rather than calls
+        # (bench/README.md, "Keys: instructions per request").
+        key_charges = key_limits is not None and (
+            key_limits.tpm_limit is not None or key_limits.max_budget is not None
+        )
+        deployment_charges = deployment_limits is not None and (
+            deployment_limits.tpm_limit is not None or deployment_limits.max_budget is not None
+        )
         deployment = "" if deployment_limits is None else f"deployment:{entry.deployment}"
         output = self._default_output if max_tokens is None else max_tokens
         estimate = _Estimate(entry, self, prompt_tokens, output)
-        if _charges(key_limits) or _charges(deployment_limits):
+        if key_charges or deployment_charges:
             ceiling = prompt_ceiling() if prompt_ceiling is not None else None
-            if ceiling is not None:
-                estimate.take(ceiling, bounded=True)
-                roomy = (
-                    key_limits is None
-                    or entry.record is None
-                    or self._roomy(entry.record.token_hash, key_limits, estimate)
-                ) and (
-                    deployment_limits is None
-                    or self._roomy(deployment, deployment_limits, estimate)
-                )
-                if not roomy:
-                    estimate.count()
-            else:
+            if ceiling is None:
                 estimate.count()
-        if key_limits is not None and entry.record is not None:
-            subject = entry.record.token_hash
-            entry.admission = await self._admit(entry, subject, key_limits, estimate, wait=None)
-            self._note_room(subject, key_limits, entry.admission)
+            else:
+                estimate.take(ceiling, bounded=True)
+                room = self._room
+                if (
+                    key_charges
+                    and key_limits is not None
+                    and record is not None
+                    and not _roomy(room, key_limits, estimate, record.token_hash)
+                ) or (
+                    deployment_charges
+                    and deployment_limits is not None
+                    and not _roomy(room, deployment_limits, estimate, deployment)
+                ):
+                    estimate.count()
+        if key_limits is not None and record is not None:
+            subject = record.token_hash
+            admission = None
+            denied = None
+            try:  # most answers come at once, without a coroutine
+                admission = self._limiter.admit_now(
+                    subject,
+                    key_limits,
+                    estimated_tokens=int(estimate.tokens),
+                    estimated_cost=estimate.cost,
+                    request_id=entry.request_id,
+                )
+            except RateLimitedError as exc:
+                denied = exc
+            if admission is None:
+                admission = await self._admit(
+                    entry, subject, key_limits, estimate, wait=None, denied=denied
+                )
+            entry.admission = admission
+            if key_charges:
+                self._note_room(subject, key_limits, admission)
         if deployment_limits is not None:
-            entry.deployment_admission = await self._admit(
-                entry, deployment, deployment_limits, estimate, wait=wait
+            entry.deployment_admission = admission = await self._admit(
+                entry, deployment, deployment_limits, estimate, wait=wait, denied=None
             )
-            self._note_room(deployment, deployment_limits, entry.deployment_admission)
+            if deployment_charges:
+                self._note_room(deployment, deployment_limits, admission)
 
     async def _admit(
         self,
@@ -227,51 +260,37 @@ class Ledger:
         estimate: _Estimate,
         *,
         wait: Callable[[float], Awaitable[None]] | None,
+        denied: RateLimitedError | None,
     ) -> Admission:
+        """Admit ``subject``, asking again as the estimate or the window allows; ``denied``
+        is the limiter's answer to a first try already made."""
         assert self._limiter is not None
         while True:
-            try:
-                if self._admit_now is not None:
-                    return self._admit_now(
+            if denied is None:
+                try:
+                    return await self._limiter.admit(
                         subject,
                         limits,
                         estimated_tokens=int(estimate.tokens),
                         estimated_cost=estimate.cost,
                         request_id=entry.request_id,
                     )
-                return await self._limiter.admit(
-                    subject,
-                    limits,
-                    estimated_tokens=int(estimate.tokens),
-                    estimated_cost=estimate.cost,
-                    request_id=entry.request_id,
-                )
-            except RateLimitedError as exc:
-                self._room.pop(subject, None)
-                if estimate.bounded:
-                    estimate.count()  # the ceiling may be what did not fit
-                    continue
-                # A deployment at its rpm/tpm: wait for its window in the fair queue
-                # (which raises a 429 itself when the wait would be too long).
-                if wait is None or exc.retry_after is None:
-                    raise
-                await wait(exc.retry_after)
-
-    def _roomy(self, subject: str, limits: Limits, estimate: _Estimate) -> bool:
-        """Whether ``subject`` had ``ROOM_FACTOR`` times this estimate left when last seen."""
-        if not _charges(limits):
-            return True
-        room = self._room.get(subject)
-        if room is None:
-            return False
-        tokens_left, usd_left = room
-        if limits.tpm_limit is not None and estimate.tokens * ROOM_FACTOR > tokens_left:
-            return False
-        return limits.max_budget is None or estimate.cost * ROOM_FACTOR <= usd_left
+                except RateLimitedError as exc:
+                    denied = exc
+            self._room.pop(subject, None)
+            if estimate.bounded:
+                estimate.count()  # the ceiling may be what did not fit
+                denied = None
+                continue
+            # A deployment at its rpm/tpm: wait for its window in the fair queue
+            # (which raises a 429 itself when the wait would be too long).
+            if wait is None or denied.retry_after is None:
+                raise denied
+            await wait(denied.retry_after)
+            denied = None
 
     def _note_room(self, subject: str, limits: Limits, admission: Admission) -> None:
-        if not _charges(limits):
-            return
+        """Remember what ``subject`` has left after ``admission`` (limits that charge)."""
         if len(self._room) >= _MAX_ROOM:
             self._room.clear()
         usd_left = 0.0
@@ -302,7 +321,9 @@ class Ledger:
         )
         cost = 0.0 if cache_hit else self._cost(entry, prompt, completion, cached)
         if self._limiter is not None:
-            for admission in entry.admissions():
+            for admission in (entry.admission, entry.deployment_admission):
+                if admission is None:
+                    continue
                 try:
                     if usage is not None:
                         self._limiter.settle(
@@ -315,28 +336,31 @@ class Ledger:
         if self._writer is None:
             return cost
         now = time.perf_counter()
+        record = entry.record
+        # Positional, in the field order: with 20 keywords msgspec's constructor took
+        # ~11,500 instructions, with none ~1,400 (callgrind; one record per request).
         self._writer.submit(
             UsageRecord(
-                request_id=entry.request_id,
-                started_at=entry.started_at,
-                ended_at=datetime.now(UTC),
-                model=entry.alias,
-                token_hash=entry.record.token_hash if entry.record else None,
-                key_alias=entry.record.key_alias if entry.record else None,
-                user_id=entry.record.user_id if entry.record else None,
-                team_id=entry.record.team_id if entry.record else None,
-                deployment=entry.deployment,
-                provider=entry.provider,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=prompt + completion,
-                cached_tokens=cached,
-                cost_usd=cost,
-                latency_ms=(now - entry.started) * 1000,
-                ttft_ms=(entry.first_byte - entry.started) * 1000 if entry.first_byte else None,
-                status=status,
-                error_type=error_type,
-                cache_hit=cache_hit,
+                entry.request_id,
+                entry.started_at,
+                datetime.now(UTC),  # ended_at
+                entry.alias,  # model
+                None if record is None else record.token_hash,
+                None if record is None else record.key_alias,
+                None if record is None else record.user_id,
+                None if record is None else record.team_id,
+                entry.deployment,
+                entry.provider,
+                prompt,  # prompt_tokens
+                completion,  # completion_tokens
+                prompt + completion,  # total_tokens
+                cached,  # cached_tokens
+                cost,  # cost_usd
+                (now - entry.started) * 1000,  # latency_ms
+                (entry.first_byte - entry.started) * 1000 if entry.first_byte else None,  # ttft_ms
+                status,
+                error_type,
+                cache_hit,
             )
         )
         return cost

@@ -543,7 +543,9 @@ class Pipeline:
                 exchange, _ = await self._with_fallbacks(entry, exc, build, stream, requested)
             deployment = exchange.deployment
             upstream_model = deployment.upstream_model
-            reply_headers = {**_dropped_header(exchange.request.dropped), **entry.headers()}
+            reply_headers = entry.headers()  # a new dict
+            if exchange.request.dropped:
+                reply_headers["x-llm-proxy-dropped-params"] = ",".join(exchange.request.dropped)
             if step is not None:
                 reply_headers["x-cache"] = "MISS"
             if stream:
@@ -1097,10 +1099,6 @@ def _max_tokens(view: RequestView) -> int | None:
 
 def _openai_error_event(exc: ProxyError) -> bytes:
     return sse_event(exc.to_json())
-
-
-def _dropped_header(dropped: tuple[str, ...]) -> dict[str, str]:
-    return {"x-llm-proxy-dropped-params": ",".join(dropped)} if dropped else {}
 
 
 def _text_prompt(prompt: Any) -> str | list[str]:

@@ -130,7 +130,15 @@ class RateLimiter:
         estimated_cost: float,
         request_id: str,
     ) -> Admission:
-        check_request(estimated_tokens, estimated_cost, request_id)
+        admission = self.admit_now(
+            subject,
+            limits,
+            estimated_tokens=estimated_tokens,
+            estimated_cost=estimated_cost,
+            request_id=request_id,
+        )
+        if admission is not None:
+            return admission
         blocked = self._blocked.get(subject)
         if blocked is not None:
             left = blocked.until - time.monotonic()
@@ -163,6 +171,34 @@ class RateLimiter:
                     if admission is not None:
                         return admission
         return await self._one(subject, limits, estimated_tokens, estimated_cost, request_id)
+
+    def admit_now(
+        self,
+        subject: str,
+        limits: Limits,
+        *,
+        estimated_tokens: int,
+        estimated_cost: float,
+        request_id: str,
+    ) -> Admission | None:
+        """``admit``'s answer when it needs no round trip and no waiting: an admission from
+        this process's allotment (asking for the next one when it runs low); None when only
+        ``admit`` can answer. Most keyed requests end here, without a coroutine."""
+        if estimated_tokens < 0 or estimated_cost < 0 or not request_id:
+            check_request(estimated_tokens, estimated_cost, request_id)  # raises
+        allotment = self._allotments.get(subject)
+        if (
+            allotment is None
+            or subject in self._blocked
+            or limits.max_parallel_requests is not None
+        ):
+            return None
+        tokens = estimated_tokens if limits.tpm_limit is not None else 0
+        cost = round(estimated_cost * NANO_PER_USD) if limits.max_budget is not None else 0
+        admission = allotment.take(request_id, limits, tokens, cost, time.monotonic())
+        if admission is not None and allotment.requests <= allotment.low and not allotment.renewing:
+            self._ask_ahead(subject, allotment, estimated_tokens, estimated_cost)
+        return admission
 
     async def _one(
         self, subject: str, limits: Limits, tokens: int, cost: float, request_id: str

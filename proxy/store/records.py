@@ -43,11 +43,13 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None  # set by the store on every write
 
 
-class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+class UsageRecord(msgspec.Struct, frozen=True):
     """One request's accounting: what was asked, where it went, what it cost.
 
     ``prompt_tokens`` includes ``cached_tokens`` (OpenAI's convention); ``model`` is the
     alias the client asked for, ``deployment`` the configured deployment that served it.
+    The field order is the table's column order, and ``Ledger.close`` makes every record
+    positionally (the cheap way, once per request): a new field goes last, given there too.
     """
 
     request_id: str

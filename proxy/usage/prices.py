@@ -94,7 +94,9 @@ class PriceTable:
                 if self.on_unknown is not None:
                     self.on_unknown(model)
             return 0.0
-        cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
+        cached = 0  # min(max(cached_tokens, 0), max(prompt_tokens, 0)), without three calls
+        if cached_tokens > 0 and prompt_tokens > 0:
+            cached = cached_tokens if cached_tokens < prompt_tokens else prompt_tokens
         cached_rate = price.input if price.cached_input is None else price.cached_input
         total = (
             (prompt_tokens - cached) * price.input

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -13,8 +14,9 @@ from proxy.accounting import Entry, Ledger
 from proxy.errors import NoDeploymentAvailableError, RateLimitedError
 from proxy.limits import Limits, LocalLimiter
 from proxy.routing import FairQueue
-from proxy.store import KeyRecord
+from proxy.store import KeyRecord, UsageRecord
 from proxy.usage.prices import Price, PriceTable
+from proxy.wire.openai import PromptTokensDetails, Usage
 
 WINDOW = 0.3  # seconds: the limiter's sliding window, short for the test
 
@@ -215,3 +217,54 @@ async def test_a_deployment_that_turns_the_ceiling_down_is_asked_again_before_an
     assert count.calls == 2 and not waits
     assert third.deployment_admission is not None
     assert third.deployment_admission.tokens == 50
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def submit(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+async def test_close_records_every_field_of_the_request() -> None:
+    """The usage record close hands the writer names each field right (it is built
+    positionally, see UsageRecord)."""
+    writer = _Writer()
+    ledger = Ledger(LocalLimiter(), writer, PriceTable({}))  # type: ignore[arg-type]
+    record = msgspec.structs.replace(
+        _record(tpm_limit=1_000_000), key_alias="team-a", user_id="u1", team_id="t1"
+    )
+    entry = _keyed("req-1", record)
+    entry.deployment, entry.provider = "m/openai/x", "openai"
+    await _admit(ledger, entry, _Counter(40), ceiling=None)
+    entry.first_byte = entry.started + 0.25
+    details = PromptTokensDetails(cached_tokens=4)
+    usage = Usage(prompt_tokens=40, completion_tokens=60, prompt_tokens_details=details)
+    before = datetime.now(UTC)
+    cost = ledger.close(entry, status=201, usage=usage, error_type="none", cache_hit=False)
+    (stored,) = writer.records
+    assert msgspec.structs.asdict(stored) == {
+        "request_id": "req-1",
+        "started_at": entry.started_at,
+        "ended_at": stored.ended_at,
+        "model": "m",
+        "token_hash": "k" * 64,
+        "key_alias": "team-a",
+        "user_id": "u1",
+        "team_id": "t1",
+        "deployment": "m/openai/x",
+        "provider": "openai",
+        "prompt_tokens": 40,
+        "completion_tokens": 60,
+        "total_tokens": 100,
+        "cached_tokens": 4,
+        "cost_usd": cost,
+        "latency_ms": stored.latency_ms,
+        "ttft_ms": pytest.approx(250.0),
+        "status": 201,
+        "error_type": "none",
+        "cache_hit": False,
+    }
+    assert cost > 0 and before <= stored.ended_at <= datetime.now(UTC)
+    assert stored.latency_ms >= 0
