@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.errors import BudgetExceededError, RateLimitedError
 from proxy.limits import Admission, Limits, LimitsSettings, LocalLimiter, create_limiter
@@ -46,6 +48,12 @@ def test_budget_windows_are_aligned_to_the_anchor() -> None:
 def test_reset_durations_use_openai_spelling(seconds: float, text: str) -> None:
     """Reset headers read like OpenAI's: 20ms, 1.5s, 6m0s."""
     assert format_reset(seconds) == text
+
+
+@given(st.integers(min_value=1001, max_value=59_999), st.floats(min_value=-0.49, max_value=0.49))
+def test_reset_below_a_minute_is_the_milliseconds_as_g_spells_them(ms: int, off: float) -> None:
+    """1 s to 1 min: the seconds rounded to the millisecond, spelled as ``:g`` does."""
+    assert format_reset((ms + off) / 1000) == f"{ms / 1000:g}s"
 
 
 def test_nano_usd_sums_are_exact() -> None:
