@@ -34,6 +34,17 @@ _LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "max_parallel_requests", "max_budget"
 _GENERATE_DEFAULTS = msgspec.structs.asdict(GenerateKeyRequest())
 
 
+def _usable(record: KeyRecord | None) -> KeyRecord:
+    """The record of a key that may be used now; 401 for an unknown, blocked or expired one."""
+    if record is None:
+        raise AuthenticationError("Incorrect API key provided.")
+    if record.blocked:
+        raise AuthenticationError("This API key is blocked.", code="key_blocked")
+    if record.expires is not None and record.expires <= datetime.now(UTC):
+        raise AuthenticationError("This API key has expired.", code="key_expired")
+    return record
+
+
 class KeyService:
     def __init__(self, store: Store, cache: KeyCache, publish: Publish | None = None) -> None:
         self.store = store
@@ -44,26 +55,33 @@ class KeyService:
     async def authenticate(self, raw_key: str) -> KeyRecord:
         """The key's record, or 401 (unknown, blocked, expired) / 503 (database away)."""
         token_hash = hash_key(raw_key)
+        record = self.known(token_hash)
+        return record if record is not None else await self.look_up(token_hash)
+
+    def known(self, token_hash: str) -> KeyRecord | None:
+        """``authenticate`` without a coroutine while the cache holds the key fresh (the
+        record, or a 401); None when the store has to be asked (``look_up``)."""
         present, record, fresh = self.cache.get(token_hash)
         if not (present and fresh):
-            try:
-                record = await self.store.get_key(token_hash)
-            except DatabaseUnavailableError as exc:
-                if not present:
-                    raise ServiceUnavailableError(
-                        "The key store is unavailable; unknown keys cannot be checked now.",
-                        retry_after=5,
-                    ) from exc
-                # Known (or known-unknown) key: the last answer stands until the store is back.
-            else:
-                self.cache.put(token_hash, record)
-        if record is None:
-            raise AuthenticationError("Incorrect API key provided.")
-        if record.blocked:
-            raise AuthenticationError("This API key is blocked.", code="key_blocked")
-        if record.expires is not None and record.expires <= datetime.now(UTC):
-            raise AuthenticationError("This API key has expired.", code="key_expired")
-        return record
+            return None
+        return _usable(record)
+
+    async def look_up(self, token_hash: str) -> KeyRecord:
+        """``authenticate`` from the store, refreshing the cache (the last answer stands
+        while the store is away)."""
+        present, record, _ = self.cache.get(token_hash)
+        try:
+            record = await self.store.get_key(token_hash)
+        except DatabaseUnavailableError as exc:
+            if not present:
+                raise ServiceUnavailableError(
+                    "The key store is unavailable; unknown keys cannot be checked now.",
+                    retry_after=5,
+                ) from exc
+            # Known (or known-unknown) key: the last answer stands until the store is back.
+        else:
+            self.cache.put(token_hash, record)
+        return _usable(record)
 
     @staticmethod
     def check_model(record: KeyRecord, alias: str) -> None:
