@@ -43,7 +43,7 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None  # set by the store on every write
 
 
-class UsageRecord(msgspec.Struct, frozen=True):
+class UsageRecord(msgspec.Struct, frozen=True, gc=False):
     """One request's accounting: what was asked, where it went, what it cost.
 
     ``prompt_tokens`` includes ``cached_tokens`` (OpenAI's convention); ``model`` is the
