@@ -22,7 +22,6 @@ from proxy.limits.model import (
     check_request,
     counted_tokens,
     denial,
-    to_nano,
 )
 from proxy.limits.settings import TokenCounting
 
@@ -148,7 +147,9 @@ class LocalLimiter:
         parallel = limits.max_parallel_requests
         if parallel is not None and len(state.leases) >= parallel:
             raise denial("parallel_requests", limits, 1.0)
-        if max_budget is not None and budget[0] + budget[1] + cost > to_nano(max_budget):
+        if max_budget is not None and budget[0] + budget[1] + cost > round(
+            max_budget * NANO_PER_USD
+        ):
             raise denial("budget", limits, None if end is None else end / 1000 - now)
 
         if rpm_limit is not None or tpm_limit is not None:  # the sliding window is kept
@@ -180,7 +181,7 @@ class LocalLimiter:
         )
 
     def settle(self, admission: Admission, *, actual_tokens: int, actual_cost: float) -> None:
-        self.finish(admission, actual_tokens, to_nano(actual_cost))
+        self.finish(admission, actual_tokens, round(actual_cost * NANO_PER_USD))  # to_nano
 
     def release(self, admission: Admission) -> None:
         self.finish(admission, 0, 0)
@@ -197,13 +198,17 @@ class LocalLimiter:
         if state is None:
             return
         limits = admission.limits
-        if limits.tpm_limit is not None and admission.request_id in state.tokens:
-            # Still in the window: the actual tokens replace the estimate.
-            state.token_sum += tokens - state.tokens[admission.request_id]
-            state.tokens[admission.request_id] = tokens
-        lease = state.leases.pop(admission.request_id, None)
+        request_id = admission.request_id
+        if limits.tpm_limit is not None:
+            charged = state.tokens.get(request_id)
+            if charged is not None:  # still in the window: the actual tokens replace it
+                state.token_sum += tokens - charged
+                state.tokens[request_id] = tokens
+        lease = state.leases.pop(request_id, None)
         if limits.max_budget is not None:
-            budget = state.budgets.setdefault(admission.budget_window, [0, 0])
+            budget = state.budgets.get(admission.budget_window)
+            if budget is None:
+                budget = state.budgets[admission.budget_window] = [0, 0]
             if lease is not None:
                 budget[1] -= lease.cost
             budget[0] += cost
