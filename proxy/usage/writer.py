@@ -19,6 +19,10 @@ Records the database refuses outright (``DatabaseError``: bad data, not an outag
 retried one by one; those still refused go to ``rejected-<pid>.jsonl`` beside the spill
 files and are counted, so one poisoned record cannot stall accounting.
 
+What a worker killed outright (SIGKILL, out of memory) loses is what waits in memory: at
+most ``batch_size`` records, or ``flush_interval`` seconds of them when fewer arrive, plus
+a batch being written. The spill file covers a database that is away, not a lost process.
+
 The counters are plain attributes for the metrics module to read.
 """
 
@@ -57,7 +61,7 @@ class SpendWriter:
         self,
         sink: UsageSink,
         *,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         flush_interval: float = 1.0,
         max_buffered: int = 50_000,
         spill_dir: str | None = None,
