@@ -318,7 +318,12 @@ class SqliteStore:
         async with self._connection():  # opened first: the file exists and is in WAL mode
             if self._usage is None:
                 self._usage = _UsageConnection(self._path, self._busy_timeout_ms)
-            await self._usage.write(values)
+            usage = self._usage
+        # Written outside the lock: a batch takes its own connection and thread, and SQLite
+        # orders it against the main connection's writes (busy_timeout) as it does against
+        # other processes'. Under the lock, a key lookup the cache missed waited for the
+        # whole batch. aclose's close of this connection runs on its thread after the batch.
+        await usage.write(values)
 
     async def usage_summary(
         self,

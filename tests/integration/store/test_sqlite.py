@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.store import SqliteStore
+from proxy.store import KeyRecord, SqliteStore
 from proxy.store.base import utc
 from proxy.store.errors import DatabaseUnavailableError
 from proxy.store.sqlite import _INSERTS, _TIME_FORMAT, _time_text
@@ -90,3 +91,28 @@ async def test_batches_of_any_size_are_stored_whole_in_few_statements(tmp_path: 
             sum(sizes),
         )
     assert len(_INSERTS) == 7
+
+
+async def test_a_key_lookup_does_not_wait_for_a_usage_batch(tmp_path: Path) -> None:
+    """While a usage batch waits for SQLite's write lock (held here by another connection,
+    as another worker would), the store still answers reads; the batch lands after."""
+    path = str(tmp_path / "proxy.db")
+    store = SqliteStore(path, busy_timeout=30.0)
+    await store.migrate()
+    await store.insert_key(KeyRecord(token_hash="k" * 64, key_alias="reader"))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        batch = asyncio.create_task(store.insert_usage([usage(1), usage(2)]))
+        await asyncio.sleep(0.2)
+        assert not batch.done()  # the batch waits for the lock
+        found = await asyncio.wait_for(store.get_key("k" * 64), timeout=10)
+        assert found is not None and found.key_alias == "reader"
+        assert not batch.done()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await asyncio.wait_for(batch, timeout=30)
+    await store.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM usage_records").fetchone() == (2,)
