@@ -323,7 +323,12 @@ class SqliteStore:
         # orders it against the main connection's writes (busy_timeout) as it does against
         # other processes'. Under the lock, a key lookup the cache missed waited for the
         # whole batch. aclose's close of this connection runs on its thread after the batch.
-        await usage.write(values)
+        try:
+            await usage.write(values)
+        except ProxyError:
+            raise
+        except Exception as exc:  # mapped as under _connection: refused rows vs an outage
+            _raise_mapped(exc)
 
     async def usage_summary(
         self,

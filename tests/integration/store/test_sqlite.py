@@ -7,13 +7,14 @@ import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.store import KeyRecord, SqliteStore
 from proxy.store.base import utc
-from proxy.store.errors import DatabaseUnavailableError
+from proxy.store.errors import DatabaseError, DatabaseUnavailableError
 from proxy.store.sqlite import _INSERTS, _TIME_FORMAT, _time_text
 from tests.integration.store.factories import T0, usage
 
@@ -116,3 +117,16 @@ async def test_a_key_lookup_does_not_wait_for_a_usage_batch(tmp_path: Path) -> N
     await store.aclose()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM usage_records").fetchone() == (2,)
+
+
+async def test_a_row_sqlite_refuses_is_a_database_error(tmp_path: Path) -> None:
+    """A constraint SQLite enforces (model NOT NULL) fails the batch as DatabaseError, the
+    writer's cue to retry row by row, not as an outage."""
+    path = str(tmp_path / "proxy.db")
+    store = SqliteStore(path)
+    await store.migrate()
+    bad = msgspec.structs.replace(usage(1), model=None)
+    with pytest.raises(DatabaseError) as refused:
+        await store.insert_usage([bad])
+    assert not isinstance(refused.value, DatabaseUnavailableError)
+    await store.aclose()
