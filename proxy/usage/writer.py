@@ -174,25 +174,35 @@ class SpendWriter:
                 await _wait(self._stop, self._backoff())
             else:
                 await _wait(self._wake, self.flush_interval)
-                self._wake.clear()
             if self._stop.is_set():
                 break
             try:
-                await self._drain(replay=True)
+                await self._drain(replay=True, whole=False)
                 if self.spill.unsynced:
                     await asyncio.to_thread(self.spill.sync)
             except Exception:  # a bug must not end accounting for the life of the process
                 self._failures += 1
                 log.exception("usage: unexpected error in the spend writer")
+            if len(self._queue) < self.batch_size:
+                self._wake.clear()  # set by records that came in meanwhile: they wait
 
     def _backoff(self) -> float:
         delay = min(self.retry_max, self.retry_initial * 2.0 ** min(self._failures - 1, 30))
         return delay * random.uniform(0.5, 1.0)  # jitter: replicas do not retry in step
 
-    async def _drain(self, *, replay: bool) -> bool:
-        """Memory first, then (``replay``) the spill files; stop at the first failure."""
+    async def _drain(self, *, replay: bool, whole: bool = True) -> bool:
+        """Memory first, then (``replay``) the spill files; stop at the first failure.
+
+        Not ``whole`` (the background task's tick): what waits now, then only full batches.
+        Records that come in while a batch is written wait for the next tick or for a full
+        batch, so under load the writes stay ``flush_interval`` or ``batch_size`` apart.
+        Draining the queue to empty made them back to back, each only as large as what
+        came in during the one before: ~120 writes a second of ~55 records under the keyed
+        benchmark, where the interval asks for one."""
         async with self._drain_lock:
-            while self._queue:
+            first = True
+            while self._queue and (whole or first or len(self._queue) >= self.batch_size):
+                first = False
                 size = min(self.batch_size, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(size)]
                 self._in_flight = size
