@@ -128,10 +128,10 @@ class UsageSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     flush_interval_seconds: float = 1.0
     # A batch is written when this many records wait or the interval has passed, so a
-    # worker killed outright loses at most about one interval's records at any rate. At
-    # 7,000 requests a second, 500-record batches cost ~14 µs a request more than 5,000
-    # (bench/README.md, "Keys: fewer instructions, and what the counts miss").
-    batch_size: int = 5000
+    # worker killed outright loses at most this many, or one interval's. At 9,000 requests
+    # a second, 500 cost no more CPU than 5,000 and kept the p99 at 64 connections at ~11
+    # ms instead of ~16 (bench/README.md, "Keys: one usage write a second, as configured").
+    batch_size: int = 500
     max_buffered: int = 50_000  # records kept in memory while the database is away
     spill_dir: str | None = None  # then they go to files here (default: the temp dir)
     # Retention (proxy/usage/retention.py): records older than this many whole UTC days are

@@ -61,7 +61,7 @@ class SpendWriter:
         self,
         sink: UsageSink,
         *,
-        batch_size: int = 5000,
+        batch_size: int = 500,
         flush_interval: float = 1.0,
         max_buffered: int = 50_000,
         spill_dir: str | None = None,
