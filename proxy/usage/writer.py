@@ -200,9 +200,7 @@ class SpendWriter:
         came in during the one before: ~120 writes a second of ~55 records under the keyed
         benchmark, where the interval asks for one."""
         async with self._drain_lock:
-            first = True
-            while self._queue and (whole or first or len(self._queue) >= self.batch_size):
-                first = False
+            while self._queue:
                 size = min(self.batch_size, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(size)]
                 self._in_flight = size
@@ -215,6 +213,8 @@ class SpendWriter:
                         self._queue.extendleft(reversed(batch))
                 if not stored:
                     return False
+                if not whole and len(self._queue) < self.batch_size:
+                    break
             if replay and self.spill.has_files:
                 return await self._replay()
             return not self.spill.has_files
