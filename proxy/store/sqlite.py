@@ -20,9 +20,9 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn, Self
 
@@ -184,12 +184,8 @@ class SqliteStore:
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            try:
+            with _mapped_errors():
                 yield await self._open()
-            except ProxyError:
-                raise
-            except Exception as exc:
-                _raise_mapped(exc)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -323,12 +319,8 @@ class SqliteStore:
         # orders it against the main connection's writes (busy_timeout) as it does against
         # other processes'. Under the lock, a key lookup the cache missed waited for the
         # whole batch. aclose's close of this connection runs on its thread after the batch.
-        try:
+        with _mapped_errors():  # as under _connection: refused rows vs an outage
             await usage.write(values)
-        except ProxyError:
-            raise
-        except Exception as exc:  # mapped as under _connection: refused rows vs an outage
-            _raise_mapped(exc)
 
     async def usage_summary(
         self,
@@ -552,6 +544,17 @@ def _key_record(row: sqlite3.Row | tuple[Any, ...]) -> KeyRecord:
         if fields[name] is not None:
             fields[name] = float(fields[name])
     return KeyRecord(**fields)
+
+
+@contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """Errors raised inside become ours (``_raise_mapped``); ours pass unchanged."""
+    try:
+        yield
+    except ProxyError:
+        raise
+    except Exception as exc:
+        _raise_mapped(exc)
 
 
 def _raise_mapped(exc: Exception) -> NoReturn:
